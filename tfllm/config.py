@@ -1,0 +1,241 @@
+"""Typed experiment configuration: dataclasses loaded from YAML, with ``key=value`` overrides.
+
+    >>> cfg = load_config("configs/sst2_minilm.yaml", ["train.epochs=2", "output_dir=runs/try"])
+    >>> cfg.train.epochs
+    2.0
+
+Unknown keys and wrong types raise :class:`TfllmError` naming the key (and a close match).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from tfllm.errors import TfllmError
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they become batches."""
+    train_file: Optional[str] = "builtin:sentiment/train.tsv"  # path, glob, or builtin:NAME/FILE
+    dev_file: Optional[str] = "builtin:sentiment/dev.tsv"     # None: stratified split of train
+    test_file: Optional[str] = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "txt"] = "auto"
+    has_header: bool = True
+    column_names: Optional[list[str]] = None     # names for header-less files
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None       # second sentence for pair tasks (MRPC, RTE)
+    label_column: str = "label"
+    label_names: Optional[list[str]] = None      # fixes the label order; default: sorted train labels
+    dev_fraction: float = 0.1
+    max_train_examples: Optional[int] = None     # take a seeded random subset (quick runs)
+    max_dev_examples: Optional[int] = None
+    hf_dataset: Optional[str] = None             # Hugging Face dataset name or save_to_disk dir
+    hf_config: Optional[str] = None
+    hf_train_split: str = "train"
+    hf_dev_split: Optional[str] = "validation"
+    max_length: int = 128
+    bucketing: bool = True                       # batch similar lengths, pad to each batch's longest
+    bucket_window: int = 64                      # batches per length-sorting window
+    pad_to_multiple_of: int = 8
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoint to start from and how to adapt it."""
+    checkpoint: str = "packaged:minilm-l6"       # packaged:NAME, a local directory, or a hub name
+    hidden_dropout: Optional[float] = None       # None keeps the checkpoint's value
+    attention_dropout: Optional[float] = None
+    classifier_dropout: Optional[float] = None
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0                       # freeze the bottom k encoder layers
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the training loop."""
+    task: Literal["classification"] = "classification"
+    epochs: float = 3.0
+    max_steps: Optional[int] = None              # overrides epochs when set
+    batch_size: int = 32                         # global examples per optimizer step
+    grad_accum_steps: int = 1                    # split each batch into this many micro-batches
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: Literal["none", "auto", "mixed_bfloat16", "mixed_float16"] = "none"
+    jit_compile: bool = False
+    seed: int = 42
+    log_every: int = 10
+    eval_every: Optional[int] = None             # steps; None = once per epoch
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    early_stopping_patience: Optional[int] = None  # evaluations without improvement
+    early_stopping_metric: str = "accuracy"
+    restore_best: bool = True                    # keep the best dev weights at the end
+
+
+@dataclass
+class DistributeConfig:
+    """Data parallelism: default (one device), mirrored (all local GPUs/CPUs) or multi_worker."""
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    num_cpu_devices: int = 0                     # split the CPU into N logical devices (testing)
+
+
+@dataclass
+class Config:
+    """A whole experiment; one YAML file maps onto it section by section."""
+    name: str = "sentiment_minilm"
+    output_dir: Optional[str] = None             # default runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Build a Config from defaults, then a YAML file, then ``section.key=value`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        raw = read_yaml(Path(path))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return from_dict(Config, raw, where="")
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise TfllmError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise TfllmError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TfllmError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise TfllmError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), _RawText(text, value)
+
+
+class _RawText:
+    """An override value with its original text, so '1e-5' or '007' keep their meaning per type."""
+
+    def __init__(self, text: str, value: Any):
+        self.text, self.value = text, value
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise TfllmError(f"override {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls, raw: dict, where: str):
+    """Recursively turn a mapping into dataclass ``cls``, checking keys and types."""
+    if not isinstance(raw, dict):
+        raise TfllmError(f"config key {where or '<top>'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{where}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else f"; known keys: {', '.join(names)}"
+            raise TfllmError(f"unknown config key {dotted!r}{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            value = value.value if isinstance(value, _RawText) else value
+            kwargs[key] = from_dict(kind, value or {}, where=f"{dotted}.")
+        else:
+            kwargs[key] = coerce(value, kind, dotted)
+    cfg = cls(**kwargs)
+    return cfg
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check/convert one value against a type hint (Optional, Literal, list, bool, int, float, str)."""
+    text = value.text if isinstance(value, _RawText) else None
+    value = value.value if isinstance(value, _RawText) else value
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return coerce(_RawText(text, value) if text is not None else value, inner, key)
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TfllmError(f"config key {key}: {value!r} is not one of {list(args)}{hint}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if not isinstance(value, list):
+            raise TfllmError(f"config key {key}: expected a list, got {value!r}")
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise TfllmError(f"config key {key}: expected true/false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TfllmError(f"config key {key}: expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise TfllmError(f"config key {key}: expected a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if text is not None and not isinstance(value, (dict, list)):
+            return text  # e.g. name=007 stays the string '007'
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TfllmError(f"config key {key}: expected a string, got {value!r}")
+    raise TfllmError(f"config key {key}: unsupported type {kind}")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

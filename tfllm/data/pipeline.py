@@ -1,0 +1,133 @@
+"""Batches for tf.data: length bucketing, padding to each batch's longest sequence, replica slices.
+
+The batch plan (which examples form which batch, in which order) is computed in numpy from
+``(seed, epoch)``, so any step of any epoch can be reproduced exactly: that is what makes
+``--resume`` continue with the same data order. Short texts dominate real corpora (SST-2's median
+is ~13 tokens), so padding to the batch's longest instead of ``max_length`` saves most of the work.
+
+    >>> plan = BatchPlan(encoded.lengths, batch_size=32, seed=0)
+    >>> ds = make_dataset(encoded, plan, num_replicas=1)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfllm.data.tokenization import Encoded
+
+
+@dataclass
+class BatchPlan:
+    """Deterministic batch order: per epoch a seeded shuffle, then length-sorting within windows."""
+    lengths: np.ndarray
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    bucketing: bool = True
+    window: int = 64  # batches per sorting window: larger = less padding, less randomness
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def epoch(self, epoch: int) -> list[np.ndarray]:
+        """The example indices of every batch of one epoch."""
+        n = len(self.lengths)
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.bucketing:
+            span = self.window * self.batch_size if self.shuffle else n
+            chunks = [order[i:i + span] for i in range(0, n, span)]
+            order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
+        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.bucketing and self.shuffle:  # otherwise every epoch would go short -> long
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def iterate(self, start_step: int = 0, epochs: Optional[int] = None) -> Iterator[np.ndarray]:
+        """Batches from global step ``start_step`` on, across epochs (forever if epochs is None)."""
+        epoch, skip = divmod(start_step, self.steps_per_epoch)
+        while epochs is None or epoch < epochs:
+            yield from self.epoch(epoch)[skip:]
+            epoch, skip = epoch + 1, 0
+
+
+def pad_batch(encoded: Encoded, indices: np.ndarray, multiple: int = 8, global_size: int = 0) -> tuple:
+    """``(features, labels, weights)`` for one batch, padded to its longest sequence.
+
+    ``weights`` are ``1 / global_size`` per example, so summing ``loss * weight`` over every
+    replica and micro-batch gives the mean loss of the global batch exactly.
+    """
+    longest = max((len(encoded.input_ids[i]) for i in indices), default=1)
+    width = max(multiple, int(math.ceil(longest / multiple) * multiple)) if multiple > 1 else longest
+    ids = np.zeros((len(indices), width), dtype=np.int32)
+    types = np.zeros_like(ids)
+    mask = np.zeros_like(ids)
+    for row, i in enumerate(indices):
+        n = len(encoded.input_ids[i])
+        ids[row, :n] = encoded.input_ids[i]
+        types[row, :n] = encoded.token_type_ids[i]
+        mask[row, :n] = 1
+    features = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    labels = (encoded.labels[indices] if encoded.labels is not None
+              else np.zeros(len(indices), dtype=np.int32))
+    weights = np.full(len(indices), 1.0 / max(global_size or len(indices), 1), dtype=np.float32)
+    return features, labels, weights
+
+
+def replica_slices(indices: np.ndarray, num_replicas: int) -> list[np.ndarray]:
+    """Split one global batch into near-equal per-replica slices (in replica order)."""
+    return np.array_split(indices, num_replicas)
+
+
+def feature_spec() -> tuple:
+    ids = tf.TensorSpec([None, None], tf.int32)
+    return ({"input_ids": ids, "attention_mask": ids, "token_type_ids": ids},
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32))
+
+
+def make_dataset(encoded: Encoded, plan: BatchPlan, num_replicas: int = 1, start_step: int = 0,
+                 epochs: Optional[int] = None, pipeline_id: int = 0, num_pipelines: int = 1,
+                 multiple: int = 8, map_fn: Optional[Callable] = None) -> tf.data.Dataset:
+    """A tf.data pipeline of per-replica batches for one input pipeline (one worker).
+
+    Each global batch from ``plan`` is split into ``num_replicas`` slices; this worker yields the
+    slices of its own replicas in order, which is how ``distribute_datasets_from_function``
+    hands successive elements to a worker's replicas. ``map_fn`` transforms each batch in-graph
+    (e.g. masked-LM masking).
+    """
+    local = num_replicas // num_pipelines
+    mine = range(pipeline_id * local, (pipeline_id + 1) * local)
+
+    def generate():
+        for indices in plan.iterate(start_step, epochs):
+            if len(indices) < num_replicas:  # too few examples left to give every replica one
+                continue
+            slices = replica_slices(indices, num_replicas)
+            for r in mine:
+                yield pad_batch(encoded, slices[r], multiple, global_size=len(indices))
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=feature_spec())
+    if map_fn is not None:
+        ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def distribute(strategy: tf.distribute.Strategy, encoded: Encoded, plan: BatchPlan,
+               start_step: int = 0, epochs: Optional[int] = None, multiple: int = 8,
+               map_fn: Optional[Callable] = None):
+    """The same pipeline under any strategy: each worker builds its own replicas' slices."""
+    replicas = strategy.num_replicas_in_sync
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(encoded, plan, replicas, start_step, epochs,
+                            context.input_pipeline_id, context.num_input_pipelines, multiple, map_fn)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

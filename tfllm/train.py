@@ -1,0 +1,153 @@
+"""Train a model from a config: ``python -m tfllm.train [--config FILE] [key=value ...]``.
+
+With no arguments it fine-tunes the packaged MiniLM on the built-in sentiment data (a few
+minutes on 2 CPU cores). Any config value can be overridden, e.g. ``train.epochs=2
+output_dir=runs/try``. ``--resume`` continues a stopped run from its last checkpoint;
+``--overwrite`` replaces an existing run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from tfllm import io
+from tfllm.cli import main_guard, setup_logging
+from tfllm.config import Config, load_config, save_config
+from tfllm.errors import TfllmError
+
+log = logging.getLogger("tfllm")
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> Path:
+    run_dir = cfg.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise TfllmError(f"run directory {run_dir} already exists; pass --overwrite to replace it "
+                             "or --resume to continue it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def versions() -> dict:
+    import tensorflow as tf
+    import tf_keras
+    import transformers
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "tf_keras": tf_keras.__version__, "transformers": transformers.__version__,
+            "tfllm": __import__("tfllm").__version__, "platform": platform.platform()}
+
+
+def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
+    """Fine-tune as ``cfg`` says; returns the run directory (see DESIGN.md for its layout)."""
+    import numpy as np
+    import tf_keras
+
+    from tfllm.data.pipeline import BatchPlan
+    from tfllm.data.splits import load_labelled_splits
+    from tfllm.data.tokenization import encode_texts, load_tokenizer
+    from tfllm.evaluate import print_metrics, write_evaluation
+    from tfllm.models.checkpoints import resolve_checkpoint
+    from tfllm.models.classifier import build_classifier
+    from tfllm.training.strategy import make_strategy, set_precision
+    from tfllm.training.trainer import SplitData, Trainer
+
+    started = time.time()
+    _check_values(cfg)
+    strategy = make_strategy(cfg.distribute)  # before anything else touches TF devices
+    splits = load_labelled_splits(cfg.data, cfg.train.seed)  # validate data before touching the run dir
+    tokenizer = load_tokenizer(resolve_checkpoint(cfg.model.checkpoint))
+    run_dir = prepare_run_dir(cfg, overwrite, resume)
+    tf_keras.utils.set_random_seed(cfg.train.seed)
+    precision = set_precision(cfg.train.mixed_precision)
+    save_config(cfg, run_dir / "config.yaml") if not (resume and (run_dir / "config.yaml").exists()) else None
+    io.write_json(run_dir / "run_info.json", {"versions": versions(), "seed": cfg.train.seed,
+                                              "precision": precision, "command": sys.argv,
+                                              "replicas": strategy.num_replicas_in_sync})
+    splits.label_map.save(run_dir / "label_map.json")
+    log.info("data: %d train / %d dev examples, %d labels (%s)", len(splits.train), len(splits.dev),
+             len(splits.label_map), ", ".join(splits.label_map.names[:10]))
+
+    def encode(examples):
+        labels = splits.label_map.encode(examples.labels, examples.source)
+        return encode_texts(tokenizer, examples.texts, examples.pairs, cfg.data.max_length, labels)
+
+    train_enc, dev_enc = encode(splits.train), encode(splits.dev)
+    log.info("tokens per example: train median %d, max %d (max_length %d)",
+             int(np.median(train_enc.lengths)), int(train_enc.lengths.max()), cfg.data.max_length)
+    with strategy.scope():
+        model, report = build_classifier(cfg.model, len(splits.label_map), splits.label_map.names,
+                                         cfg.train.grad_accum_steps, cfg.train.max_grad_norm)
+    log.info(report.summary())
+    train = SplitData(train_enc, BatchPlan(train_enc.lengths, cfg.train.batch_size, cfg.train.seed,
+                                           True, cfg.data.bucketing, cfg.data.bucket_window))
+    dev = SplitData(dev_enc, BatchPlan(dev_enc.lengths, cfg.train.eval_batch_size, shuffle=False,
+                                       bucketing=cfg.data.bucketing))
+    trainer = Trainer(model, cfg.train, run_dir, strategy, splits.label_map.names,
+                      cfg.data.pad_to_multiple_of)
+    state = trainer.fit(train, dev, resume=resume, config_text=(run_dir / "config.yaml").read_text())
+
+    with io.atomic_directory(run_dir / "model") as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    from tfllm.predict import Classifier
+
+    classifier = Classifier(run_dir, model, tokenizer, splits.label_map.names, cfg.data.max_length, cfg)
+    labels = splits.label_map.encode(splits.dev.labels, splits.dev.source)
+    metrics = write_evaluation(run_dir / "eval" / "dev", splits.dev,
+                               classifier.logits(splits.dev.texts, splits.dev.pairs), labels,
+                               splits.label_map.names)
+    summary = {"dev": {k: v for k, v in metrics.items() if k not in ("report", "confusion_matrix")},
+               "steps": state.step, "best_step": state.best_step, "stopped_early": state.stopped_early,
+               "train_seconds": round(time.time() - started, 1), "history": state.history}
+    io.write_json(run_dir / "metrics.json", summary)
+    print_metrics(metrics, f"dev ({splits.dev.source})")
+    print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
+    return run_dir
+
+
+def _check_values(cfg: Config) -> None:
+    """Range checks the type system cannot express."""
+    positive = {"train.batch_size": cfg.train.batch_size, "train.grad_accum_steps": cfg.train.grad_accum_steps,
+                "train.log_every": cfg.train.log_every, "train.checkpoint_every": cfg.train.checkpoint_every,
+                "data.max_length": cfg.data.max_length, "train.eval_batch_size": cfg.train.eval_batch_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise TfllmError(f"config key {key}: must be at least 1, got {value}")
+    if cfg.train.epochs <= 0 and not cfg.train.max_steps:
+        raise TfllmError("config key train.epochs: must be positive")
+    if cfg.train.learning_rate <= 0:
+        raise TfllmError("config key train.learning_rate: must be positive")
+    if cfg.data.max_length > 512:
+        raise TfllmError("config key data.max_length: BERT position embeddings stop at 512")
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    parser = argparse.ArgumentParser(prog="python -m tfllm.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML config (default: the built-in sentiment demo)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
+    parser.add_argument("--verbose", action="store_true", help="show library logs")
+    parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
+    return parser.parse_args(argv)
+
+
+@main_guard
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, args.overrides)
+    if args.resume and (cfg.run_dir / "config.yaml").is_file():
+        cfg = load_config(cfg.run_dir / "config.yaml", args.overrides)  # the run's own settings
+    run_training(cfg, overwrite=args.overwrite, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, distribution strategy, and the Trainer every task shares."""

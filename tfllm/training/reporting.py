@@ -1,0 +1,106 @@
+"""Console progress and TensorBoard event files for a run (train/ and dev/ writers)."""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger("tfllm")
+
+
+class RunReporter:
+    """Writes scalars, the confusion matrix image and the config text under ``run_dir/tensorboard``."""
+
+    def __init__(self, run_dir: Path, total_steps: int):
+        self.train_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "train"))
+        self.dev_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "dev"))
+        self.total_steps = total_steps
+        self.started = time.time()
+        self.last_time, self.last_step = self.started, None
+
+    def config_text(self, text: str, step: int = 0) -> None:
+        with self.train_writer.as_default():
+            tf.summary.text("config", "```\n" + text + "\n```", step=step)
+        self.train_writer.flush()
+
+    def train(self, step: int, logs: dict, examples_per_step: Optional[float] = None) -> None:
+        now = time.time()
+        rate = ""
+        if self.last_step is not None and step > self.last_step:
+            per_step = (now - self.last_time) / (step - self.last_step)
+            eta = per_step * (self.total_steps - step)
+            rate = f" | {1 / per_step:.2f} steps/s, eta {eta / 60:.1f} min"
+            if examples_per_step:
+                logs = dict(logs, examples_per_sec=examples_per_step / per_step)
+        self.last_time, self.last_step = now, step
+        self._scalars(self.train_writer, step, logs)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in logs.items() if k != "examples_per_sec")
+        log.info("step %d/%d %s%s", step, self.total_steps, shown, rate)
+
+    def dev(self, step: int, metrics: dict, confusion: Optional[np.ndarray] = None,
+            label_names: Optional[Sequence[str]] = None) -> None:
+        self._scalars(self.dev_writer, step, metrics)
+        if confusion is not None:
+            with self.dev_writer.as_default():
+                tf.summary.image("confusion_matrix", confusion_image(confusion, label_names)[None],
+                                 step=step)
+            self.dev_writer.flush()
+        log.info("dev @ step %d: %s", step, " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+    @staticmethod
+    def _scalars(writer, step: int, values: dict) -> None:
+        with writer.as_default():
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value), step=step)
+        writer.flush()
+
+    def close(self) -> None:
+        self.train_writer.close()
+        self.dev_writer.close()
+
+
+def _fmt(value) -> str:
+    value = float(value)
+    return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
+def confusion_figure(matrix: np.ndarray, label_names: Optional[Sequence[str]] = None):
+    """A matplotlib figure of a confusion matrix (counts, rows = true labels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = matrix.shape[0]
+    names = list(label_names) if label_names else [str(i) for i in range(n)]
+    size = min(4 + 0.35 * n, 24)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=80)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), names, rotation=90 if n > 4 else 0, fontsize=8 if n > 20 else 10)
+    ax.set_yticks(range(n), names, fontsize=8 if n > 20 else 10)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_image(matrix: np.ndarray, label_names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """The confusion matrix rendered as an RGBA uint8 array (for TensorBoard)."""
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(matrix, label_names)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return tf.io.decode_png(buffer.getvalue(), channels=4).numpy()

@@ -1,0 +1,58 @@
+"""Pick a ``tf.distribute`` strategy and mixed-precision policy from the config.
+
+``mirrored`` uses every local GPU, or ``num_cpu_devices`` logical CPUs (for testing on a laptop);
+``multi_worker`` reads the cluster from ``TF_CONFIG``. All strategies run the same code path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+import tf_keras
+
+from tfllm.config import DistributeConfig
+from tfllm.errors import TfllmError
+
+log = logging.getLogger("tfllm")
+
+
+def split_cpu(num_devices: int) -> None:
+    """Expose the CPU as ``num_devices`` logical devices (must run before TF initialises devices)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    current = tf.config.get_logical_device_configuration(cpus[0])
+    if current and len(current) == num_devices:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+    except RuntimeError:
+        raise TfllmError("distribute.num_cpu_devices must be set before TensorFlow has started "
+                         "(set it in a fresh process)") from None
+
+
+def make_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
+    if cfg.num_cpu_devices > 1:
+        split_cpu(cfg.num_cpu_devices)
+    if cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if cfg.strategy == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if "TF_CONFIG" not in os.environ:
+        raise TfllmError("distribute.strategy=multi_worker needs the TF_CONFIG environment variable")
+    try:
+        json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as e:
+        raise TfllmError(f"TF_CONFIG is not valid JSON: {e}") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def set_precision(policy: str) -> str:
+    """Set the global Keras mixed-precision policy; ``auto`` = float16 on GPU, bfloat16 on CPU."""
+    if policy == "auto":
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    tf_keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
+    return policy
