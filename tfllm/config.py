@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +62,12 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and the training loop."""
     task: Literal["classification"] = "classification"
-    epochs: float = 3.0
+    epochs: float = 4.0
     max_steps: Optional[int] = None              # overrides epochs when set
-    batch_size: int = 32                         # global examples per optimizer step
+    batch_size: int = 16                         # global examples per optimizer step
     grad_accum_steps: int = 1                    # split each batch into this many micro-batches
     eval_batch_size: int = 64
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -165,7 +166,8 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
 def from_dict(cls, raw: dict, where: str):
     """Recursively turn a mapping into dataclass ``cls``, checking keys and types."""
     if not isinstance(raw, dict):
-        raise TfllmError(f"config key {where or '<top>'}: expected a mapping, got {type(raw).__name__}")
+        raise TfllmError(f"config key {where.rstrip('.') or '<top>'}: expected a mapping of keys, "
+                         f"got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -179,6 +181,9 @@ def from_dict(cls, raw: dict, where: str):
         if dataclasses.is_dataclass(kind):
             value = value.value if isinstance(value, _RawText) else value
             kwargs[key] = from_dict(kind, value or {}, where=f"{dotted}.")
+        elif isinstance(value, dict):
+            raise TfllmError(f"config key {dotted}: is a single value, not a section "
+                             f"(got keys {', '.join(map(str, value))})")
         else:
             kwargs[key] = coerce(value, kind, dotted)
     cfg = cls(**kwargs)
@@ -212,6 +217,8 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
             return value
         raise TfllmError(f"config key {key}: expected true/false, got {value!r}")
     if kind is int:
+        if text is not None and re.fullmatch(r"[+-]?[0-9]+", text.strip()):
+            return int(text)  # decimal, not YAML 1.1 octal: seed=010 is 10
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():

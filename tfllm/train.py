@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import platform
 import shutil
 import sys
@@ -26,6 +27,8 @@ log = logging.getLogger("tfllm")
 
 def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> Path:
     run_dir = cfg.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TfllmError(f"config key output_dir: {run_dir} exists and is not a directory")
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if not overwrite:
             raise TfllmError(f"run directory {run_dir} already exists; pass --overwrite to replace it "
@@ -66,6 +69,9 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
     tokenizer = load_tokenizer(resolve_checkpoint(cfg.model.checkpoint))
     run_dir = prepare_run_dir(cfg, overwrite, resume)
     tf_keras.utils.set_random_seed(cfg.train.seed)
+    # Dropout draws from tf.random.Generator state variables, which checkpoints save: a resumed
+    # run then continues the exact random stream of the interrupted one.
+    tf_keras.backend.experimental.enable_tf_random_generator()
     precision = set_precision(cfg.train.mixed_precision)
     save_config(cfg, run_dir / "config.yaml") if not (resume and (run_dir / "config.yaml").exists()) else None
     io.write_json(run_dir / "run_info.json", {"versions": versions(), "seed": cfg.train.seed,
@@ -115,6 +121,12 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
 
 def _check_values(cfg: Config) -> None:
     """Range checks the type system cannot express."""
+    if not cfg.output_dir and cfg.name.strip() in ("", ".", ".."):
+        raise TfllmError(f"config key name: {cfg.name!r} cannot name a run directory under runs/")
+    for section in ("data", "model", "train"):
+        for key, value in vars(getattr(cfg, section)).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TfllmError(f"config key {section}.{key}: must be a finite number, got {value}")
     positive = {"train.batch_size": cfg.train.batch_size, "train.grad_accum_steps": cfg.train.grad_accum_steps,
                 "train.log_every": cfg.train.log_every, "train.checkpoint_every": cfg.train.checkpoint_every,
                 "data.max_length": cfg.data.max_length, "train.eval_batch_size": cfg.train.eval_batch_size}

@@ -19,7 +19,12 @@ class LabelMap:
     def from_labels(cls, labels: Sequence[str], names: Optional[Sequence[str]] = None) -> "LabelMap":
         """Classes in the given order, else sorted (numerically when every label is an integer)."""
         if names:
-            return cls(tuple(str(n) for n in names))
+            names = tuple(str(n) for n in names)
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise TfllmError(f"config key data.label_names: {', '.join(map(repr, duplicates))} "
+                                 "listed more than once")
+            return cls(names)
         unique = set(labels)
         if not unique:
             raise TfllmError("no labels in the training data")
@@ -29,12 +34,13 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.names)
 
-    def encode(self, labels: Sequence[str], source: str) -> np.ndarray:
+    def encode(self, labels: Sequence[str], source: str,
+               unknown: str = "was never seen in training") -> np.ndarray:
         index = {name: i for i, name in enumerate(self.names)}
         ids = np.empty(len(labels), dtype=np.int32)
         for row, label in enumerate(labels):
             if label not in index:
-                raise TfllmError(f"{source} row {row + 1}: label {label!r} was never seen in training "
+                raise TfllmError(f"{source} row {row + 1}: label {label!r} {unknown} "
                                  f"(known labels: {', '.join(self.names[:20])})")
             ids[row] = index[label]
         return ids

@@ -145,8 +145,9 @@ def _parse_json(path: Path, text: str) -> pd.DataFrame:
 
 
 def is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (
-        isinstance(value, str) and not value.strip())
+    """None, NaN, pandas' NA/NaT (nullable parquet columns) or a blank string."""
+    return value is None or value is pd.NA or value is pd.NaT or (
+        isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
 
 
 def label_to_str(value) -> str:
@@ -197,20 +198,34 @@ def read_examples(spec: str, text_column: str = "text", text_pair_column: Option
                              require_labels)
 
 
-def read_hf_split(name: str, split: str, config_name: Optional[str] = None) -> tuple[pd.DataFrame, Optional[list[str]]]:
-    """A Hugging Face dataset split as a DataFrame, plus ClassLabel names of a ``label`` feature.
+def read_hf_split(name: str, split: str, config_name: Optional[str] = None,
+                  label_column: Optional[str] = None) -> tuple[pd.DataFrame, Optional[list[str]]]:
+    """A Hugging Face dataset split as a DataFrame, plus the ClassLabel names of ``label_column``.
 
     ``name`` is a hub name (needs network), a builder such as ``csv``/``json`` is not supported
     here, or a directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+    A single saved ``Dataset`` is the ``train`` split; it has no other split.
     """
     import datasets  # imported lazily: it is slow to import and optional for file users
 
+    hint = "; set data.hf_dev_split=null to hold out data.dev_fraction of train as dev"
     try:
         if Path(name).is_dir():
             loaded = datasets.load_from_disk(name)
-            ds = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise TfllmError(f"hf dataset {name}: no split {split!r} "
+                                     f"(splits: {', '.join(loaded)}){hint}")
+                ds = loaded[split]
+            elif split in ("train", str(loaded.split)):
+                ds = loaded
+            else:
+                raise TfllmError(f"hf dataset {name}: a single saved Dataset is the 'train' split, "
+                                 f"there is no split {split!r}{hint}")
         else:
             ds = datasets.load_dataset(name, config_name, split=split)
+    except TfllmError:
+        raise
     except KeyError:
         raise TfllmError(f"hf dataset {name}: no split {split!r}") from None
     except Exception as e:
@@ -219,6 +234,7 @@ def read_hf_split(name: str, split: str, config_name: Optional[str] = None) -> t
     names = None
     for feature_name, feature in ds.features.items():
         if isinstance(feature, datasets.ClassLabel):
-            names = feature.names
-            frame[feature_name] = [names[i] if i >= 0 else None for i in frame[feature_name]]
+            frame[feature_name] = [feature.names[i] if i >= 0 else None for i in frame[feature_name]]
+            if label_column is None or feature_name == label_column:
+                names = names or feature.names
     return frame, names

@@ -25,17 +25,23 @@ def load_labelled_splits(cfg: DataConfig, seed: int = 0) -> LabelledSplits:
     train, dev, hf_names = _read_sources(cfg)
     if train.labels is None:
         raise TfllmError(f"{train.source}: no labels")
+    # Labels are checked before any subsetting, so the row numbers in errors are the file's rows.
+    if cfg.label_names:
+        LabelMap.from_labels(train.labels, cfg.label_names).encode(
+            train.labels, train.source, unknown="is not in config key data.label_names")
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
         train = train.subset(_sample(len(train), cfg.max_train_examples, seed))
     label_map = LabelMap.from_labels(train.labels, cfg.label_names or hf_names)
+    label_map.encode(train.labels, train.source)
     if dev is None:
         train, dev = stratified_split(train, cfg.dev_fraction, seed)
+    if dev.labels is not None:
+        label_map.encode(dev.labels, dev.source)  # fails on labels unseen in training
     if cfg.max_dev_examples and len(dev) > cfg.max_dev_examples:
         dev = dev.subset(_sample(len(dev), cfg.max_dev_examples, seed))
     test = _read_file(cfg, cfg.test_file) if cfg.test_file else None
-    for split in (train, dev, test):
-        if split is not None and split.labels is not None:
-            label_map.encode(split.labels, split.source)  # fails on labels unseen in training
+    if test is not None and test.labels is not None:
+        label_map.encode(test.labels, test.source)
     return LabelledSplits(train, dev, test, label_map)
 
 
@@ -46,12 +52,12 @@ def _read_file(cfg: DataConfig, spec: str, require_labels: bool = True) -> Examp
 
 def _read_sources(cfg: DataConfig) -> tuple[Examples, Optional[Examples], Optional[list[str]]]:
     if cfg.hf_dataset:
-        frame, names = read_hf_split(cfg.hf_dataset, cfg.hf_train_split, cfg.hf_config)
+        frame, names = read_hf_split(cfg.hf_dataset, cfg.hf_train_split, cfg.hf_config, cfg.label_column)
         source = f"{cfg.hf_dataset}[{cfg.hf_train_split}]"
         train = frame_to_examples(frame, source, cfg.text_column, cfg.text_pair_column, cfg.label_column)
         dev = None
         if cfg.hf_dev_split:
-            frame, _ = read_hf_split(cfg.hf_dataset, cfg.hf_dev_split, cfg.hf_config)
+            frame, _ = read_hf_split(cfg.hf_dataset, cfg.hf_dev_split, cfg.hf_config, cfg.label_column)
             source = f"{cfg.hf_dataset}[{cfg.hf_dev_split}]"
             dev = frame_to_examples(frame, source, cfg.text_column, cfg.text_pair_column, cfg.label_column)
         return train, dev, names

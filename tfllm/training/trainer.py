@@ -46,7 +46,7 @@ class SplitData:
 
 @dataclass
 class TrainState:
-    """What resume needs beyond the weights; saved as JSON beside each checkpoint."""
+    """What resume needs beyond the weights: saved as ``ckpt-N.state.json`` beside each checkpoint."""
     step: int = 0
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
@@ -62,7 +62,6 @@ class Trainer:
         self.label_names = label_names
         self.multiple = multiple
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.state_file = self.ckpt_dir / "trainer_state.json"
 
     # --- set-up ---------------------------------------------------------------------------
     def total_steps(self, plan: BatchPlan) -> int:
@@ -82,7 +81,8 @@ class Trainer:
             self.model.compile(optimizer=optimizer, jit_compile=jit)
             self.model(sample_batch, training=False)
             optimizer.build(self.model.trainable_variables)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer,
+                                              dropout_rng=dropout_generators(self.model))
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.ckpt_dir),
                                                   max_to_keep=self.cfg.keep_checkpoints,
                                                   checkpoint_name="ckpt")
@@ -192,8 +192,12 @@ class Trainer:
     def _save(self, state: TrainState) -> None:
         if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{state.step}"):
             return
-        self.manager.save(checkpoint_number=state.step)
-        io.write_json(self.state_file, state.__dict__)
+        path = self.manager.save(checkpoint_number=state.step)
+        io.write_json(Path(f"{path}.state.json"), state.__dict__)
+        kept = {f"{Path(p).name}.state.json" for p in self.manager.checkpoints}
+        for old in self.ckpt_dir.glob("ckpt-*.state.json"):
+            if old.name not in kept:
+                old.unlink()
 
     def _best_prefix(self) -> str:
         return str(self.ckpt_dir / "best" / "weights")
@@ -212,12 +216,30 @@ class Trainer:
             log.info("--resume: no checkpoint in %s, starting from step 0", self.ckpt_dir)
             return TrainState()
         self.checkpoint.restore(latest).assert_existing_objects_matched()
-        state = TrainState(**json.loads(self.state_file.read_text())) if self.state_file.is_file() \
-            else TrainState()
+        state_file = Path(f"{latest}.state.json")
+        state = TrainState(**json.loads(state_file.read_text())) if state_file.is_file() else TrainState()
         state.step = int(self.model.optimizer.iterations.numpy())
         state.history = [h for h in state.history if h["step"] <= state.step]
         log.info("resumed from %s (step %d)", latest, state.step)
         return state
+
+
+def dropout_generators(model) -> list:
+    """The ``tf.random.Generator`` of every random layer (dropout), in a stable order.
+
+    Keras keeps them out of checkpoints; saving them makes a resumed run draw exactly the
+    dropout masks the interrupted run would have drawn. They exist only when
+    ``tf_keras.backend.experimental.enable_tf_random_generator()`` was called before the model
+    was built (``tfllm.train`` does).
+    """
+    generators = []
+    for layer in model.submodules:
+        rng = getattr(layer, "_random_generator", None)
+        if rng is not None and hasattr(rng, "_maybe_init"):
+            rng._maybe_init()  # created lazily on first use otherwise
+            if getattr(rng, "_generator", None) is not None:
+                generators.append(rng._generator)
+    return generators
 
 
 def _numpy(logs: dict) -> dict:

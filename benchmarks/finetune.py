@@ -1,0 +1,389 @@
+"""Fine-tuning benchmark: tfllm on GLUE SST-2 against the usual Hugging Face TF recipe.
+
+    python benchmarks/finetune.py [--train-examples N] [--epochs E] [--baseline-steps S] [--out DIR]
+
+What it measures, all in one process on the same machine:
+
+1. **The real run.** ``tfllm.train.run_training`` on ``configs/sst2_minilm.yaml`` (packaged
+   MiniLM-L6-H384, batch 32, max_length 66) over the SST-2 train set (default all 67,349, 1 epoch)
+   into ``--out/sst2_minilm``. Dev accuracy and wall time come from the run's ``metrics.json``.
+   Training throughput comes from the run's TensorBoard ``examples_per_sec`` scalars (one per
+   ``log_every`` window, measured by the Trainer from wall time between reports): windows that
+   contain a dev evaluation or a checkpoint save are dropped, and the rest are combined as
+   (examples in them) / (seconds in them). The first window (graph tracing) has no scalar.
+2. **Same-slice throughput of several input pipelines** on one fixed slice of the train set
+   (``(warm-up + S) x 32`` examples after a seeded shuffle), batch 32, max_length 66, same model
+   architecture and weights, one ``model.fit`` epoch each; a :class:`~common.StepTimer` callback
+   timestamps every step and the first ``WARMUP_STEPS`` steps are excluded:
+
+   a. the HF recipe: ``datasets.Dataset`` tokenized with ``padding="max_length"``,
+      ``TFBertForSequenceClassification.prepare_tf_dataset(..., tokenizer=tokenizer)``,
+      ``compile(optimizer=tf_keras.optimizers.Adam(lr))`` (HF's internal loss) and ``fit``;
+   a2. the same recipe tokenized without padding, so ``prepare_tf_dataset``'s collator
+      (``DataCollatorWithPadding``, ``padding=True``) pads each batch to its longest example;
+   b. tfllm's pipeline (``BatchPlan`` + ``make_dataset``, ``build_classifier``,
+      ``make_optimizer``) with ``data.bucketing=false``: random batches padded to their longest;
+   c. tfllm with bucketing (the default);
+   d. tfllm with every batch padded to max_length (``make_dataset(multiple=max_length)``).
+3. **The machine's yardstick**: a 2048x2048 fp32 ``tf.matmul`` (median FLOP/s of 10 runs,
+   before and after the rest); achieved training FLOP/s are reported as a fraction of it.
+
+Output: a Markdown table, the accuracy / wall-time lines and one final ``RESULT ...`` line, also
+written to ``--out/finetune_benchmark.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
+
+import numpy as np  # noqa: E402
+import tf_keras  # noqa: E402
+
+from tfllm.cli import setup_logging  # noqa: E402
+from tfllm.config import Config, load_config  # noqa: E402
+from tfllm.data.pipeline import BatchPlan, make_dataset, pad_batch  # noqa: E402
+from tfllm.data.splits import load_labelled_splits  # noqa: E402
+from tfllm.data.tokenization import Encoded, encode_texts, load_tokenizer  # noqa: E402
+from tfllm.models.checkpoints import load_pretrained, resolve_checkpoint  # noqa: E402
+from tfllm.models.classifier import build_classifier  # noqa: E402
+from tfllm.train import run_training  # noqa: E402
+from tfllm.training.optimization import make_optimizer  # noqa: E402
+
+log = logging.getLogger("tfllm")
+
+CONFIG = common.ROOT / "configs" / "sst2_minilm.yaml"
+SST2 = common.SHARED_DATA / "sst2"
+BATCH = 32
+WARMUP_STEPS = 3
+
+
+@dataclass
+class Measurement:
+    """Throughput of one variant and what its batches looked like."""
+    key: str
+    name: str
+    seq_per_s: float
+    padding: dict  # common.padding_stats of the timed batches
+    notes: str = ""
+    flops_per_seq: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Model:
+    """What the FLOP estimate needs to know about the architecture."""
+    params: int  # non-embedding
+    layers: int
+    hidden: int
+
+    def flops(self, padding: dict) -> float:
+        return common.training_flops_per_sequence(self.params, self.layers, self.hidden,
+                                                  padding["mean_length"], padding["mean_length_sq"])
+
+
+# --- configuration and data -----------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-examples", type=int, default=None,
+                        help="fine-tune on a seeded random subset of this size (default: all 67,349)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--baseline-steps", type=int, default=100,
+                        help=f"timed steps per same-slice variant (plus {WARMUP_STEPS} warm-up steps)")
+    parser.add_argument("--out", default="/tmp/tfllm-bench", help="run directory parent and report")
+    return parser.parse_args(argv)
+
+
+def benchmark_config(args) -> Config:
+    """The SST-2 config with absolute data paths, the output dir and the command-line sizes."""
+    overrides = [f"data.train_file={SST2 / 'train.tsv'}", f"data.dev_file={SST2 / 'dev.tsv'}",
+                 f"output_dir={Path(args.out) / 'sst2_minilm'}", f"train.epochs={args.epochs}"]
+    if args.train_examples:
+        overrides.append(f"data.max_train_examples={args.train_examples}")
+    cfg = load_config(CONFIG, overrides)
+    # Throughput is read per log_every window: keep at least ~10 windows in small runs.
+    steps = math.ceil(args.epochs * math.ceil((args.train_examples or 67_349) / cfg.train.batch_size))
+    cfg.train.log_every = min(cfg.train.log_every, max(1, steps // 10))
+    if cfg.train.batch_size != BATCH:
+        raise SystemExit(f"{CONFIG} has batch_size {cfg.train.batch_size}; this benchmark assumes {BATCH}")
+    return cfg
+
+
+@dataclass
+class Slice:
+    """The fixed slice every same-slice variant trains on, as text and as tfllm's encoding."""
+    texts: list[str]
+    labels: np.ndarray
+    encoded: Encoded
+
+
+def baseline_slice(cfg: Config, tokenizer, size: int) -> Slice:
+    """The first ``size`` examples of the full train set after a shuffle seeded by train.seed."""
+    splits = load_labelled_splits(dataclasses.replace(cfg.data, max_train_examples=None), cfg.train.seed)
+    order = np.random.default_rng(cfg.train.seed).permutation(len(splits.train))[:size]
+    examples = splits.train.subset(order)
+    labels = splits.label_map.encode(examples.labels, examples.source)
+    encoded = encode_texts(tokenizer, examples.texts, None, cfg.data.max_length, labels)
+    return Slice(examples.texts, labels, encoded)
+
+
+def plan_padding(encoded: Encoded, batches: list, multiple: int) -> dict:
+    """Padding of tfllm batches, with widths computed by the pipeline's own ``pad_batch``."""
+    widths = [pad_batch(encoded, b, multiple)[0]["input_ids"].shape[1] for b in batches]
+    return common.padding_stats([encoded.lengths[b] for b in batches], widths)
+
+
+def release(*objects) -> None:
+    """Drop models between variants so they do not share memory or Keras name scopes."""
+    del objects
+    gc.collect()
+    tf_keras.backend.clear_session()
+
+
+# --- the same-slice variants ----------------------------------------------------------------
+def measure_hf(cfg: Config, data: Slice, tokenizer, fixed_padding: bool) -> Measurement:
+    """The HF TF recipe: datasets.Dataset -> prepare_tf_dataset -> compile(Adam) -> fit."""
+    import datasets
+    from transformers import TFBertForSequenceClassification
+
+    datasets.disable_progress_bars()
+    tf_keras.utils.set_random_seed(cfg.train.seed)
+    model, report = load_pretrained(TFBertForSequenceClassification, cfg.model.checkpoint, num_labels=2)
+    _check_loaded(report)
+
+    def tokenize(batch):
+        return tokenizer(batch["sentence"], truncation=True, max_length=cfg.data.max_length,
+                         padding="max_length" if fixed_padding else False)
+
+    hf_data = datasets.Dataset.from_dict({"sentence": data.texts, "label": data.labels.tolist()})
+    hf_data = hf_data.map(tokenize, batched=True, remove_columns=["sentence"])
+    train = model.prepare_tf_dataset(hf_data, batch_size=BATCH, shuffle=True, tokenizer=tokenizer)
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=cfg.train.learning_rate))
+    timer = common.StepTimer()
+    model.fit(train, epochs=1, verbose=0, callbacks=[timer])
+    rate = timer.rate(BATCH, WARMUP_STEPS)
+    padding = hf_padding(train)
+    release(model, train)
+    if fixed_padding:
+        return Measurement("hf", "HF recipe: `padding=\"max_length\"` + `prepare_tf_dataset` + `fit`",
+                           rate, padding, f"pads every example to {cfg.data.max_length}; collator "
+                           "has nothing left to pad; Adam, HF internal loss")
+    return Measurement("hf_dynamic", "HF recipe, unpadded tokens (collator pads per batch)", rate,
+                       padding, "`DataCollatorWithPadding` pads each random batch to its longest*")
+
+
+def hf_padding(train) -> dict:
+    """Padding of the HF batches, from a second pass over the dataset (its shuffle differs)."""
+    lengths, widths = [], []
+    for features, _ in train:
+        mask = features["attention_mask"].numpy()
+        lengths.append(mask.sum(axis=1))
+        widths.append(mask.shape[1])
+    return common.padding_stats(lengths, widths)
+
+
+def measure_tfllm(cfg: Config, data: Slice, key: str, name: str, bucketing: bool,
+                  multiple: int, notes: str) -> tuple[Measurement, Model]:
+    """tfllm's classifier, optimizer and batch pipeline, one ``fit`` epoch over the slice."""
+    tf_keras.utils.set_random_seed(cfg.train.seed)
+    model, report = build_classifier(cfg.model, 2, ["0", "1"], cfg.train.grad_accum_steps,
+                                     cfg.train.max_grad_norm)
+    _check_loaded(report)
+    plan = BatchPlan(data.encoded.lengths, BATCH, cfg.train.seed, True, bucketing, cfg.data.bucket_window)
+    optimizer = make_optimizer(cfg.train.learning_rate, plan.steps_per_epoch, cfg.train.warmup_ratio,
+                               cfg.train.lr_schedule, cfg.train.weight_decay)
+    model.compile(optimizer=optimizer, jit_compile=cfg.train.jit_compile)
+    timer = common.StepTimer()
+    model.fit(make_dataset(data.encoded, plan, epochs=1, multiple=multiple),
+              steps_per_epoch=plan.steps_per_epoch, epochs=1, verbose=0, callbacks=[timer])
+    rate = timer.rate(BATCH, WARMUP_STEPS)
+    padding = plan_padding(data.encoded, plan.epoch(0)[WARMUP_STEPS:], multiple)
+    bert = model.bert.config
+    arch = Model(common.non_embedding_params(model), bert.num_hidden_layers, bert.hidden_size)
+    release(model)
+    return Measurement(key, name, rate, padding, notes), arch
+
+
+def _check_loaded(report) -> None:
+    """Every variant must start from the checkpoint: only the new classifier may be missing."""
+    missing = [m for m in report.missing if "classifier" not in m]
+    if missing:
+        raise RuntimeError(f"checkpoint weights missing in a benchmark model: {missing}")
+
+
+def run_same_slice(cfg: Config, data: Slice, tokenizer) -> tuple[list[Measurement], Model]:
+    multiple, longest = cfg.data.pad_to_multiple_of, cfg.data.max_length
+    tfllm_note = "AdamW + clip + accuracy/F1 metrics"
+    results = []
+    log.info("same-slice variant a: HF recipe, max_length padding")
+    results.append(measure_hf(cfg, data, tokenizer, fixed_padding=True))
+    log.info("same-slice variant a2: HF recipe, dynamic padding")
+    results.append(measure_hf(cfg, data, tokenizer, fixed_padding=False))
+    log.info("same-slice variant b: tfllm, bucketing off")
+    m, arch = measure_tfllm(cfg, data, "no_bucketing", "tfllm, `data.bucketing=false`", False, multiple,
+                            f"random batches padded to their longest (to a multiple of {multiple}); "
+                            + tfllm_note)
+    results.append(m)
+    log.info("same-slice variant c: tfllm, bucketing on")
+    m, arch = measure_tfllm(cfg, data, "bucketing", "**tfllm, bucketing (default)**", True, multiple,
+                            f"length-sorted windows of {cfg.data.bucket_window} batches; " + tfllm_note)
+    results.append(m)
+    log.info("same-slice variant d: tfllm padded to max_length")
+    m, arch = measure_tfllm(cfg, data, "max_length", f"tfllm, padded to max_length {longest}", False,
+                            longest, "what padding everything costs; " + tfllm_note)
+    results.append(m)
+    for m in results:
+        m.flops_per_seq = arch.flops(m.padding)
+    return results, arch
+
+
+# --- the real run ---------------------------------------------------------------------------
+def run_finetune(cfg: Config, arch: Model, tokenizer) -> tuple[dict, Measurement]:
+    """run_training, then accuracy/wall time from metrics.json and throughput from TensorBoard."""
+    run_dir = run_training(cfg, overwrite=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    windows = training_windows(run_dir, metrics, cfg)
+    splits = load_labelled_splits(cfg.data, cfg.train.seed)  # the run's own train split
+    encoded = encode_texts(tokenizer, splits.train.texts, None, cfg.data.max_length)
+    plan = BatchPlan(encoded.lengths, BATCH, cfg.train.seed, True, cfg.data.bucketing, cfg.data.bucket_window)
+    padding = plan_padding(encoded, plan.epoch(0), cfg.data.pad_to_multiple_of)
+    run = {"run_dir": run_dir, "accuracy": metrics["dev"]["accuracy"], "macro_f1": metrics["dev"]["macro_f1"],
+           "dev_examples": metrics["dev"]["examples"], "wall_s": metrics["train_seconds"],
+           "steps": metrics["steps"], "evaluations": len(metrics["history"]),
+           "train_examples": len(splits.train), **windows}
+    note = (f"{len(splits.train):,} examples x {cfg.train.epochs:g} epoch(s), {metrics['steps']} steps; "
+            f"{windows['clean_windows']}/{windows['windows']} log windows (no eval/checkpoint inside)"
+            f"; {windows['all_seq_per_s']:.1f} seq/s with evals and checkpoints")
+    measurement = Measurement("run", "tfllm `run_training` (whole train set, Trainer loop)",
+                              windows["seq_per_s"], padding, note, arch.flops(padding))
+    return run, measurement
+
+
+def training_windows(run_dir: Path, metrics: dict, cfg: Config) -> dict:
+    """Sequences/s of the run from its ``examples_per_sec`` scalars, without eval/checkpoint time.
+
+    The Trainer writes a scalar at each report step ``s`` for the window since the previous report
+    ``p``; a dev evaluation or checkpoint at ``p`` runs after that report, so it lands in the window
+    ``(p, s]``. Such windows are dropped.
+    """
+    logdir = run_dir / "tensorboard" / "train"
+    rates = common.read_scalars(logdir, "examples_per_sec")
+    reports = sorted(common.read_scalars(logdir, "loss"))
+    interrupted = {h["step"] for h in metrics["history"]}
+    clean_examples = clean_seconds = all_examples = all_seconds = 0.0
+    clean = total = 0
+    for previous, step in zip(reports, reports[1:]):
+        if step not in rates:
+            continue
+        examples = (step - previous) * cfg.train.batch_size
+        seconds = examples / rates[step]
+        all_examples, all_seconds, total = all_examples + examples, all_seconds + seconds, total + 1
+        if previous in interrupted or previous % cfg.train.checkpoint_every == 0:
+            continue
+        clean_examples, clean_seconds, clean = clean_examples + examples, clean_seconds + seconds, clean + 1
+    if not clean:
+        raise RuntimeError(f"no clean examples_per_sec windows in {logdir} (run too short?)")
+    return {"seq_per_s": clean_examples / clean_seconds, "all_seq_per_s": all_examples / all_seconds,
+            "clean_windows": clean, "windows": total, "timed_seconds": clean_seconds}
+
+
+# --- the report -----------------------------------------------------------------------------
+def table(measurements: list[Measurement], peak: float) -> str:
+    hf = next(m for m in measurements if m.key == "hf").seq_per_s
+    rows = []
+    for m in measurements:
+        p = m.padding
+        flops = m.seq_per_s * m.flops_per_seq
+        rows.append([m.name, f"{m.seq_per_s:.1f}", f"{m.seq_per_s / hf:.2f}x",
+                     f"{p['mean_length']:.1f} ({p['mean_real_length']:.1f} real)",
+                     f"{100 * p['padding_fraction']:.0f}%",
+                     f"{common.human(flops, 'FLOP/s')} ({100 * flops / peak:.0f}%)", m.notes])
+    return common.markdown_table(["variant", "seq/s", "vs HF recipe", "mean padded length",
+                                  "padding", "training FLOP/s (of matmul)", "notes"], rows)
+
+
+def footnotes(cfg: Config, args, arch: Model, peaks: list[dict], slice_size: int) -> str:
+    before, after = peaks
+    return "\n".join([
+        f"Same-slice rows: {slice_size} SST-2 train examples (seeded shuffle, seed {cfg.train.seed}), "
+        f"batch {BATCH}, max_length {cfg.data.max_length}, fp32, one `model.fit` epoch; the first "
+        f"{WARMUP_STEPS} steps (tracing) are excluded, the other {args.baseline_steps} are timed by a "
+        "callback at each step end. Same model (packaged MiniLM-L6-H384) and weights everywhere.",
+        "Run row: seq/s = examples / seconds over the run's TensorBoard `examples_per_sec` windows "
+        "(wall time between Trainer reports), leaving out windows holding a dev evaluation or a "
+        "checkpoint save and the first window (tracing); its padding is that of the run's epoch-0 plan.",
+        f"FLOPs per sequence = 6 N L + 12 n_layers d L^2 with N = {arch.params:,} non-embedding "
+        f"parameters, n_layers = {arch.layers}, d = {arch.hidden}, L = padded length per batch "
+        "(padding is computed, so it counts). Matmul yardstick: 2048x2048 fp32 `tf.matmul`, median of "
+        f"10 runs: {common.human(before['median'], 'FLOP/s')} before, "
+        f"{common.human(after['median'], 'FLOP/s')} after (the larger is used).",
+        "*HF padding stats come from a second pass over the `prepare_tf_dataset` dataset (reshuffled); "
+        "`prepare_tf_dataset(tokenizer=...)` collates with `DataCollatorWithPadding(padding=True)`, "
+        "i.e. to each batch's longest, with no `pad_to_multiple_of`.",
+        f"Machine: {os.cpu_count()} CPU cores (shared), load average at the end "
+        f"{os.getloadavg()[0]:.2f}.",
+    ])
+
+
+def report(cfg, args, measurements, run, arch, peaks, slice_size) -> tuple[str, str]:
+    peak = max(p["median"] for p in peaks)
+    by_key = {m.key: m for m in measurements}
+    ours, hf = by_key["run"], by_key["hf"]
+    flops_fraction = ours.seq_per_s * ours.flops_per_seq / peak
+    lines = [
+        table(measurements, peak), "", footnotes(cfg, args, arch, peaks, slice_size), "",
+        f"SST-2 dev accuracy after {cfg.train.epochs:g} epoch(s) on {run['train_examples']:,} examples: "
+        f"{run['accuracy']:.4f} (macro-F1 {run['macro_f1']:.4f}, {run['dev_examples']} dev examples; "
+        f"target >= 0.89: {'met' if run['accuracy'] >= 0.89 else 'NOT met'})",
+        f"Wall time of run_training (metrics.json train_seconds, incl. data loading, tokenization, "
+        f"{run['evaluations']} dev evaluation(s), checkpoints, saving): {run['wall_s']:.1f} s",
+        f"Same-slice speedup, tfllm bucketing vs HF recipe: "
+        f"{by_key['bucketing'].seq_per_s / hf.seq_per_s:.2f}x (target >= 1.5x: "
+        f"{'met' if by_key['bucketing'].seq_per_s >= 1.5 * hf.seq_per_s else 'NOT met'}); vs HF with "
+        f"dynamic padding: {by_key['bucketing'].seq_per_s / by_key['hf_dynamic'].seq_per_s:.2f}x",
+    ]
+    result = common.result_line(
+        dev_accuracy=run["accuracy"], train_seq_per_s=ours.seq_per_s, hf_recipe_seq_per_s=hf.seq_per_s,
+        speedup_vs_hf=by_key["bucketing"].seq_per_s / hf.seq_per_s,
+        speedup_vs_no_bucketing=by_key["bucketing"].seq_per_s / by_key["no_bucketing"].seq_per_s,
+        flops_fraction=flops_fraction, wall_s=float(run["wall_s"]))
+    return "\n".join(lines), result
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    setup_logging()
+    cfg = benchmark_config(args)
+    tokenizer = load_tokenizer(resolve_checkpoint(cfg.model.checkpoint))
+    started = time.time()
+    peaks = [common.matmul_flops()]
+    log.info("matmul yardstick: %s", common.human(peaks[0]["median"], "FLOP/s"))
+    slice_size = (WARMUP_STEPS + args.baseline_steps) * BATCH
+    data = baseline_slice(cfg, tokenizer, slice_size)
+    measurements, arch = run_same_slice(cfg, data, tokenizer)
+    run, run_measurement = run_finetune(cfg, arch, tokenizer)
+    measurements.append(run_measurement)
+    peaks.append(common.matmul_flops())
+    text, result = report(cfg, args, measurements, run, arch, peaks, slice_size)
+    print("\n" + text + "\n" + result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "finetune_benchmark.md").write_text(f"{text}\n\n{result}\n", encoding="utf-8")
+    log.info("benchmark took %.0f s; report in %s", time.time() - started, out / "finetune_benchmark.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Training on a tiny random BERT: Keras API, accumulation, resume, NaN guard, freezing, run dir."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from conftest import tiny_overrides
+from tfllm.config import ModelConfig, load_config
+from tfllm.data.pipeline import BatchPlan, make_dataset
+from tfllm.data.tokenization import encode_texts, load_tokenizer
+from tfllm.errors import TfllmError
+from tfllm.models.classifier import BertClassifier, build_classifier
+from tfllm.train import run_training
+from tfllm.training.optimization import make_optimizer
+
+
+def tiny_batches(checkpoint, n=24, batch_size=8, seed=0):
+    tokenizer = load_tokenizer(checkpoint)
+    texts = [f"example number {i} " + "word " * (i % 7) for i in range(n)]
+    enc = encode_texts(tokenizer, texts, max_length=32, labels=np.arange(n, dtype=np.int32) % 2)
+    plan = BatchPlan(enc.lengths, batch_size, seed=seed)
+    return enc, plan
+
+
+def classifier(checkpoint, **kwargs) -> BertClassifier:
+    cfg = ModelConfig(checkpoint=checkpoint, hidden_dropout=0.0, attention_dropout=0.0,
+                      classifier_dropout=0.0)
+    tf_keras.utils.set_random_seed(0)
+    model, _ = build_classifier(cfg, num_labels=2, **kwargs)
+    return model
+
+
+def weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def test_keras_fit_evaluate_predict(tiny_checkpoint):
+    enc, plan = tiny_batches(tiny_checkpoint)
+    model = classifier(tiny_checkpoint)
+    model.compile(optimizer=make_optimizer(1e-3, total_steps=6))
+    ds = make_dataset(enc, plan, epochs=2)
+    history = model.fit(ds, epochs=1, steps_per_epoch=6, verbose=0)
+    assert set(history.history) >= {"loss", "accuracy", "grad_norm", "learning_rate"}
+    logs = model.evaluate(make_dataset(enc, plan, epochs=1), return_dict=True, verbose=0)
+    assert 0 <= logs["accuracy"] <= 1 and np.isfinite(logs["loss"])
+    logits = model.predict(make_dataset(enc, plan, epochs=1), verbose=0)
+    assert logits.shape == (24, 2) and logits.dtype == np.float32
+
+
+def test_gradient_accumulation_equals_one_large_batch(tiny_checkpoint):
+    enc, plan = tiny_batches(tiny_checkpoint, n=16, batch_size=16)
+    batch = next(iter(make_dataset(enc, plan, epochs=1)))
+    results = []
+    for accum in (1, 4, 3):  # 3 does not divide 16: the last micro-batch is smaller
+        model = classifier(tiny_checkpoint, grad_accum_steps=accum, max_grad_norm=1.0)
+        model.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_ratio=0.0))
+        logs = model.train_step(batch)
+        results.append((weights(model), float(logs["loss"]), float(logs["grad_norm"])))
+    for w, loss, norm in results[1:]:
+        assert loss == pytest.approx(results[0][1], rel=1e-5)
+        assert norm == pytest.approx(results[0][2], rel=1e-4)
+        for a, b in zip(w, results[0][0]):
+            np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_freezing_keeps_embeddings_and_bottom_layer(tiny_checkpoint):
+    cfg = ModelConfig(checkpoint=tiny_checkpoint, freeze_embeddings=True, freeze_layers=1)
+    model, _ = build_classifier(cfg, num_labels=2)
+    names = [v.name for v in model.trainable_variables]
+    assert not any("embeddings" in n for n in names)
+    assert not any("layer_._0/" in n for n in names) and any("layer_._1/" in n for n in names)
+    with pytest.raises(TfllmError, match="freeze_layers"):
+        build_classifier(ModelConfig(checkpoint=tiny_checkpoint, freeze_layers=5), num_labels=2)
+
+
+def test_run_directory_and_tensorboard(tiny_checkpoint, sentiment_files, tmp_path):
+    train, dev = sentiment_files
+    run_dir = run_training(load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "run")))
+    for name in ("config.yaml", "run_info.json", "label_map.json", "metrics.json", "model/config.json",
+                 "model/tf_model.h5", "model/vocab.txt", "eval/dev/predictions.csv",
+                 "eval/dev/confusion_matrix.png", "eval/dev/metrics.json", "checkpoints/checkpoint"):
+        assert (run_dir / name).is_file(), name
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["seed"] == 42 and "tensorflow" in info["versions"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 16 and len(metrics["history"]) == 2  # 64 examples / 8, 2 epochs
+    assert json.loads((run_dir / "label_map.json").read_text()) == {"labels": ["neg", "pos"]}
+
+    from transformers import TFBertForSequenceClassification
+
+    hf = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
+    assert hf.config.id2label == {0: "neg", 1: "pos"}
+
+    tags = {"train": set(), "dev": set()}
+    for split in tags:
+        for event_file in (run_dir / "tensorboard" / split).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+                tags[split].update(v.tag for v in event.summary.value)
+    assert {"loss", "accuracy", "learning_rate", "grad_norm", "config"} <= tags["train"]
+    assert {"loss", "accuracy", "macro_f1", "confusion_matrix"} <= tags["dev"]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_checkpoint, sentiment_files, tmp_path):
+    train, dev = sentiment_files
+    extra = ["train.checkpoint_every=3", "train.keep_checkpoints=10", "train.restore_best=false"]
+    full = run_training(load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "full", *extra)))
+    # What a run killed after step 3 leaves behind: checkpoint 3 and nothing later.
+    killed = tmp_path / "killed"
+    shutil.copytree(full, killed)
+    for path in [killed / "model", killed / "eval", killed / "metrics.json"]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in (killed / "checkpoints").glob("ckpt-*"):
+        if not path.name.startswith("ckpt-3."):
+            path.unlink()
+    (killed / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
+    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, killed, *extra))
+    resumed = run_training(cfg, resume=True)
+
+    from transformers import TFBertForSequenceClassification
+
+    a = TFBertForSequenceClassification.from_pretrained(str(full / "model"))
+    b = TFBertForSequenceClassification.from_pretrained(str(resumed / "model"))
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6, err_msg=x.name)
+    history = lambda run: json.loads((run / "metrics.json").read_text())["history"]  # noqa: E731
+    for a, b in zip(history(full), history(resumed), strict=True):
+        assert a == pytest.approx(b)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_checkpoint, sentiment_files, tmp_path):
+    train, dev = sentiment_files
+    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "nan",
+                                           "train.learning_rate=1e12", "train.max_grad_norm=null",
+                                           "train.warmup_ratio=0", "train.checkpoint_every=1",
+                                           "train.epochs=20"))
+    with pytest.raises(TfllmError, match="loss became"):
+        run_training(cfg)
+    run_dir = tmp_path / "nan"
+    assert not (run_dir / "model").exists()
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    assert latest is not None
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.isfinite(value).all(), name
+
+
+def test_early_stopping_restores_best(tiny_checkpoint, sentiment_files, tmp_path):
+    train, dev = sentiment_files
+    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "es",
+                                           "train.eval_every=1", "train.epochs=30",
+                                           "train.early_stopping_patience=2",
+                                           "train.early_stopping_metric=loss"))
+    run_dir = run_training(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped_early"] and metrics["steps"] < 120
+    best = min(h["loss"] for h in metrics["history"])
+    assert metrics["history"][-1]["loss"] > best or metrics["history"][-2]["loss"] > best
+    assert metrics["best_step"] == min(metrics["history"], key=lambda h: h["loss"])["step"]
+    assert metrics["dev"]["loss"] == pytest.approx(best, abs=1e-3)
