@@ -52,33 +52,39 @@ def matmul_flops(n: int = 2048, runs: int = 10, warmup: int = 2, dtype=tf.float3
 
 # --- timing ---------------------------------------------------------------------------------
 class StepTimer(tf_keras.callbacks.Callback):
-    """Records ``time.perf_counter()`` at the end of every training batch of ``model.fit``.
+    """Timestamps the training steps of ``model.fit``: the start of the first, the end of each.
 
-    A plain callback makes Keras convert the step's logs to numpy, i.e. waits for the step to
-    finish, so consecutive timestamps bracket whole steps. :meth:`rate` excludes warm-up steps
-    (tracing, first-call allocation) by measuring from the end of the last warm-up step.
+    A plain callback makes Keras convert each step's logs to numpy, i.e. wait for the step to
+    finish, so the timestamps bracket whole steps (input pipeline included). Exclude tracing either
+    by a warm-up ``fit`` call before the timed one (the train function is cached), or by
+    ``skip``-ping the first steps in :meth:`rate`.
     """
 
     def __init__(self):
         super().__init__()
-        self.times: list[float] = []
+        self.start: Optional[float] = None
+        self.ends: list[float] = []
 
-    def on_train_begin(self, logs=None):
-        self.times = [time.perf_counter()]
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter())
+        self.ends.append(time.perf_counter())
 
-    def seconds(self, warmup: int) -> float:
-        """Wall time of the steps after the first ``warmup`` ones."""
-        if len(self.times) <= warmup + 1:
-            raise ValueError(f"only {len(self.times) - 1} steps ran; need more than {warmup}")
-        return self.times[-1] - self.times[warmup]
+    @property
+    def steps(self) -> int:
+        return len(self.ends)
 
-    def rate(self, examples_per_step: float, warmup: int) -> float:
-        """Examples per second over the steps after the first ``warmup`` ones."""
-        steps = len(self.times) - 1 - warmup
-        return steps * examples_per_step / self.seconds(warmup)
+    def seconds(self, skip: int = 0) -> float:
+        """Wall time of the steps after the first ``skip`` ones."""
+        if self.steps <= skip:
+            raise ValueError(f"only {self.steps} steps ran; cannot skip {skip}")
+        return self.ends[-1] - (self.ends[skip - 1] if skip else self.start)
+
+    def rate(self, examples_per_step: float, skip: int = 0) -> float:
+        """Examples per second over the steps after the first ``skip`` ones."""
+        return (self.steps - skip) * examples_per_step / self.seconds(skip)
 
 
 # --- what a batch stream costs --------------------------------------------------------------

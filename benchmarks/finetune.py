@@ -12,9 +12,11 @@ What it measures, all in one process on the same machine:
    contain a dev evaluation or a checkpoint save are dropped, and the rest are combined as
    (examples in them) / (seconds in them). The first window (graph tracing) has no scalar.
 2. **Same-slice throughput of several input pipelines** on one fixed slice of the train set
-   (``(warm-up + S) x 32`` examples after a seeded shuffle), batch 32, max_length 66, same model
-   architecture and weights, one ``model.fit`` epoch each; a :class:`~common.StepTimer` callback
-   timestamps every step and the first ``WARMUP_STEPS`` steps are excluded:
+   (the first ``S x 32`` examples after a seeded shuffle), batch 32, max_length 66, same model
+   architecture and starting weights. Each variant runs a short warm-up ``model.fit`` (tracing),
+   then one timed ``model.fit`` epoch over the whole slice, so every variant trains on exactly the
+   same examples; a :class:`~common.StepTimer` callback times it from the first step's start to
+   the last step's end:
 
    a. the HF recipe: ``datasets.Dataset`` tokenized with ``padding="max_length"``,
       ``TFBertForSequenceClassification.prepare_tf_dataset(..., tokenizer=tokenizer)``,
@@ -42,7 +44,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -80,12 +82,11 @@ class Measurement:
     padding: dict  # common.padding_stats of the timed batches
     notes: str = ""
     flops_per_seq: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
-class Model:
-    """What the FLOP estimate needs to know about the architecture."""
+class Architecture:
+    """What the FLOP estimate needs to know about the model."""
     params: int  # non-embedding
     layers: int
     hidden: int
@@ -102,7 +103,8 @@ def parse_args(argv=None):
                         help="fine-tune on a seeded random subset of this size (default: all 67,349)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--baseline-steps", type=int, default=100,
-                        help=f"timed steps per same-slice variant (plus {WARMUP_STEPS} warm-up steps)")
+                        help=f"same-slice size in batches of {BATCH}: each variant times one epoch over it "
+                        f"after {WARMUP_STEPS} warm-up steps")
     parser.add_argument("--out", default="/tmp/tfllm-bench", help="run directory parent and report")
     return parser.parse_args(argv)
 
@@ -146,21 +148,38 @@ def plan_padding(encoded: Encoded, batches: list, multiple: int) -> dict:
     return common.padding_stats([encoded.lengths[b] for b in batches], widths)
 
 
-def release(*objects) -> None:
-    """Drop models between variants so they do not share memory or Keras name scopes."""
-    del objects
+def fresh_session(seed: int) -> None:
+    """Start a variant clean: free the previous variant's model, reset Keras names, seed."""
     gc.collect()
     tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(seed)
 
 
 # --- the same-slice variants ----------------------------------------------------------------
+def timed_fit(model, dataset, steps: int) -> float:
+    """Sequences/s of one full ``fit`` epoch of ``steps`` batches, after a warm-up ``fit``.
+
+    The warm-up call (``WARMUP_STEPS`` batches from a fresh iterator) traces and caches the train
+    function; the timed call starts a fresh iterator, so it covers every example of the slice once.
+    """
+    model.fit(dataset, steps_per_epoch=WARMUP_STEPS, epochs=1, verbose=0)
+    timer = common.StepTimer()
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+    if timer.steps != steps:
+        raise RuntimeError(f"timed fit ran {timer.steps} steps, expected {steps}")
+    durations = np.diff([timer.start] + timer.ends)
+    log.info("  %.1f seq/s; step time median %.3f s, max %.3f s (first %.3f s)", timer.rate(BATCH),
+             np.median(durations), durations.max(), durations[0])
+    return timer.rate(BATCH)
+
+
 def measure_hf(cfg: Config, data: Slice, tokenizer, fixed_padding: bool) -> Measurement:
     """The HF TF recipe: datasets.Dataset -> prepare_tf_dataset -> compile(Adam) -> fit."""
     import datasets
     from transformers import TFBertForSequenceClassification
 
     datasets.disable_progress_bars()
-    tf_keras.utils.set_random_seed(cfg.train.seed)
+    fresh_session(cfg.train.seed)
     model, report = load_pretrained(TFBertForSequenceClassification, cfg.model.checkpoint, num_labels=2)
     _check_loaded(report)
 
@@ -172,11 +191,8 @@ def measure_hf(cfg: Config, data: Slice, tokenizer, fixed_padding: bool) -> Meas
     hf_data = hf_data.map(tokenize, batched=True, remove_columns=["sentence"])
     train = model.prepare_tf_dataset(hf_data, batch_size=BATCH, shuffle=True, tokenizer=tokenizer)
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=cfg.train.learning_rate))
-    timer = common.StepTimer()
-    model.fit(train, epochs=1, verbose=0, callbacks=[timer])
-    rate = timer.rate(BATCH, WARMUP_STEPS)
+    rate = timed_fit(model, train, len(data.texts) // BATCH)
     padding = hf_padding(train)
-    release(model, train)
     if fixed_padding:
         return Measurement("hf", "HF recipe: `padding=\"max_length\"` + `prepare_tf_dataset` + `fit`",
                            rate, padding, f"pads every example to {cfg.data.max_length}; collator "
@@ -196,9 +212,9 @@ def hf_padding(train) -> dict:
 
 
 def measure_tfllm(cfg: Config, data: Slice, key: str, name: str, bucketing: bool,
-                  multiple: int, notes: str) -> tuple[Measurement, Model]:
+                  multiple: int, notes: str) -> tuple[Measurement, Architecture]:
     """tfllm's classifier, optimizer and batch pipeline, one ``fit`` epoch over the slice."""
-    tf_keras.utils.set_random_seed(cfg.train.seed)
+    fresh_session(cfg.train.seed)
     model, report = build_classifier(cfg.model, 2, ["0", "1"], cfg.train.grad_accum_steps,
                                      cfg.train.max_grad_norm)
     _check_loaded(report)
@@ -206,14 +222,11 @@ def measure_tfllm(cfg: Config, data: Slice, key: str, name: str, bucketing: bool
     optimizer = make_optimizer(cfg.train.learning_rate, plan.steps_per_epoch, cfg.train.warmup_ratio,
                                cfg.train.lr_schedule, cfg.train.weight_decay)
     model.compile(optimizer=optimizer, jit_compile=cfg.train.jit_compile)
-    timer = common.StepTimer()
-    model.fit(make_dataset(data.encoded, plan, epochs=1, multiple=multiple),
-              steps_per_epoch=plan.steps_per_epoch, epochs=1, verbose=0, callbacks=[timer])
-    rate = timer.rate(BATCH, WARMUP_STEPS)
-    padding = plan_padding(data.encoded, plan.epoch(0)[WARMUP_STEPS:], multiple)
+    rate = timed_fit(model, make_dataset(data.encoded, plan, epochs=1, multiple=multiple),
+                     plan.steps_per_epoch)
+    padding = plan_padding(data.encoded, plan.epoch(0), multiple)  # exactly the timed batches
     bert = model.bert.config
-    arch = Model(common.non_embedding_params(model), bert.num_hidden_layers, bert.hidden_size)
-    release(model)
+    arch = Architecture(common.non_embedding_params(model), bert.num_hidden_layers, bert.hidden_size)
     return Measurement(key, name, rate, padding, notes), arch
 
 
@@ -224,7 +237,7 @@ def _check_loaded(report) -> None:
         raise RuntimeError(f"checkpoint weights missing in a benchmark model: {missing}")
 
 
-def run_same_slice(cfg: Config, data: Slice, tokenizer) -> tuple[list[Measurement], Model]:
+def run_same_slice(cfg: Config, data: Slice, tokenizer) -> tuple[list[Measurement], Architecture]:
     multiple, longest = cfg.data.pad_to_multiple_of, cfg.data.max_length
     tfllm_note = "AdamW + clip + accuracy/F1 metrics"
     results = []
@@ -251,7 +264,7 @@ def run_same_slice(cfg: Config, data: Slice, tokenizer) -> tuple[list[Measuremen
 
 
 # --- the real run ---------------------------------------------------------------------------
-def run_finetune(cfg: Config, arch: Model, tokenizer) -> tuple[dict, Measurement]:
+def run_finetune(cfg: Config, arch: Architecture, tokenizer) -> tuple[dict, Measurement]:
     """run_training, then accuracy/wall time from metrics.json and throughput from TensorBoard."""
     run_dir = run_training(cfg, overwrite=True)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -267,7 +280,7 @@ def run_finetune(cfg: Config, arch: Model, tokenizer) -> tuple[dict, Measurement
     note = (f"{len(splits.train):,} examples x {cfg.train.epochs:g} epoch(s), {metrics['steps']} steps; "
             f"{windows['clean_windows']}/{windows['windows']} log windows (no eval/checkpoint inside)"
             f"; {windows['all_seq_per_s']:.1f} seq/s with evals and checkpoints")
-    measurement = Measurement("run", "tfllm `run_training` (whole train set, Trainer loop)",
+    measurement = Measurement("run", "tfllm `run_training` (its own train set, Trainer loop)",
                               windows["seq_per_s"], padding, note, arch.flops(padding))
     return run, measurement
 
@@ -315,16 +328,19 @@ def table(measurements: list[Measurement], peak: float) -> str:
                                   "padding", "training FLOP/s (of matmul)", "notes"], rows)
 
 
-def footnotes(cfg: Config, args, arch: Model, peaks: list[dict], slice_size: int) -> str:
+def footnotes(cfg: Config, args, arch: Architecture, peaks: list[dict], slice_size: int) -> str:
     before, after = peaks
     return "\n".join([
         f"Same-slice rows: {slice_size} SST-2 train examples (seeded shuffle, seed {cfg.train.seed}), "
-        f"batch {BATCH}, max_length {cfg.data.max_length}, fp32, one `model.fit` epoch; the first "
-        f"{WARMUP_STEPS} steps (tracing) are excluded, the other {args.baseline_steps} are timed by a "
-        "callback at each step end. Same model (packaged MiniLM-L6-H384) and weights everywhere.",
+        f"batch {BATCH}, max_length {cfg.data.max_length}, fp32. Each variant: a {WARMUP_STEPS}-step "
+        "warm-up `model.fit` (tracing, not timed), then one timed `model.fit` epoch over the whole "
+        f"slice ({args.baseline_steps} steps: every variant trains on exactly the same examples), "
+        "timed by a callback from the first step's start to the last step's end (input pipeline "
+        "included). Same model (packaged MiniLM-L6-H384) and starting weights everywhere.",
         "Run row: seq/s = examples / seconds over the run's TensorBoard `examples_per_sec` windows "
         "(wall time between Trainer reports), leaving out windows holding a dev evaluation or a "
-        "checkpoint save and the first window (tracing); its padding is that of the run's epoch-0 plan.",
+        "checkpoint save and the first window (tracing); its padding is that of the run's epoch-0 plan; "
+        "its ratio is against the same-slice HF row (other examples of the same distribution).",
         f"FLOPs per sequence = 6 N L + 12 n_layers d L^2 with N = {arch.params:,} non-embedding "
         f"parameters, n_layers = {arch.layers}, d = {arch.hidden}, L = padded length per batch "
         "(padding is computed, so it counts). Matmul yardstick: 2048x2048 fp32 `tf.matmul`, median of "
@@ -371,7 +387,7 @@ def main(argv=None) -> None:
     started = time.time()
     peaks = [common.matmul_flops()]
     log.info("matmul yardstick: %s", common.human(peaks[0]["median"], "FLOP/s"))
-    slice_size = (WARMUP_STEPS + args.baseline_steps) * BATCH
+    slice_size = args.baseline_steps * BATCH
     data = baseline_slice(cfg, tokenizer, slice_size)
     measurements, arch = run_same_slice(cfg, data, tokenizer)
     run, run_measurement = run_finetune(cfg, arch, tokenizer)

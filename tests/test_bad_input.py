@@ -99,7 +99,7 @@ DATA_CASES = {
                    r"/t\.tsv row 2: empty text in column 'text'$"),
     "whitespace-text": ({"t.csv": b'text,label\nhi,pos\nho,neg\n"   ",neg\n'}, ["data.train_file={d}/t.csv"],
                         r"/t\.csv row 3: empty text in column 'text'$"),
-    "whitespace-text-tsv-dev": ({"t.tsv": b"text\tlabel\n \t \tpos\n"}, ["data.dev_file={d}/t.tsv"],
+    "whitespace-text-tsv-dev": ({"t.tsv": b"text\tlabel\n   \tpos\n"}, ["data.dev_file={d}/t.tsv"],
                                 r"/t\.tsv row 1: empty text in column 'text'$"),
     "null-text-jsonl": ({"t.jsonl": b'{"text": "hi", "label": "pos"}\n{"text": null, "label": "neg"}\n'},
                         ["data.train_file={d}/t.jsonl"], r"/t\.jsonl row 2: empty text in column 'text'$"),
@@ -135,6 +135,8 @@ DATA_CASES = {
                    r"/w\.csv line 1: not valid UTF-8"),
     "malformed-csv-line": ({"m.csv": b"text,label\nhi,pos\nho,neg,extra\n"}, ["data.train_file={d}/m.csv"],
                            r"/m\.csv: malformed CSV: Expected 2 fields in line 3, saw 3$"),
+    "malformed-csv-first-row": ({"m.csv": b"text,label\nhi,pos,extra\nho,neg\n"}, ["data.train_file={d}/m.csv"],
+                                r"/m\.csv: malformed CSV: Expected 2 fields in line 2, saw 3$"),
     "malformed-csv-quote": ({"m.csv": b'text,label\nhi,pos\n"never closed,neg\nho,neg\n'},
                             ["data.train_file={d}/m.csv"], r"/m\.csv: malformed CSV: EOF inside string"),
     "malformed-tsv-line": ({"m.tsv": b"text\tlabel\nhi\tpos\nho\tneg\textra\n"}, ["data.train_file={d}/m.tsv"],
@@ -373,3 +375,23 @@ def test_cli_evaluate_unseen_label(finished_run, tmp_path):
 def test_cli_predict_not_a_run(tmp_path):
     result = run_cli("predict", tmp_path, "some text")
     check_error(result.returncode, result.stderr, rf"^error: {re.escape(str(tmp_path))} is not a finished tfllm run")
+
+
+# --- known gap ------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="--overwrite deletes the old run (prepare_run_dir) before the model "
+                   "is built, so a checkpoint that resolves but has no weights fails only after the old "
+                   "run is gone; fixing it means building the model (or checking the weights) before "
+                   "prepare_run_dir, or replacing the old run only once the new one succeeds")
+def test_checkpoint_without_weights_keeps_existing_run(tiny_checkpoint, tmp_path, existing_run, capsys,
+                                                       monkeypatch):
+    import shutil
+
+    ckpt = tmp_path / "no_weights"
+    shutil.copytree(tiny_checkpoint, ckpt, ignore=shutil.ignore_patterns("*.h5", "*.safetensors"))
+    good = write_tsv(tmp_path / "good.tsv", sentiment_rows(1))
+    before = snapshot(existing_run)
+    code, err = call_main("train", ["--overwrite", f"data.train_file={good}", f"data.dev_file={good}",
+                                    f"output_dir={existing_run}", f"model.checkpoint={ckpt}"], capsys, monkeypatch)
+    check_error(code, err, r"checkpoint \S*/no_weights: no tf_model\.h5 or model\.safetensors")
+    assert snapshot(existing_run) == before

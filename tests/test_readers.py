@@ -103,6 +103,23 @@ def test_headerless_tsv_with_column_names(tmp_path):
     assert len(load_labelled_splits(cfg).train) == 1
 
 
+@pytest.mark.parametrize("suffix, sep", [(".csv", ","), (".tsv", "\t")])
+def test_extra_field_in_first_row_is_an_error_not_a_column_shift(tmp_path, suffix, sep):
+    # pandas would silently make column 1 the index and shift text/label by one column
+    path = write(tmp_path / f"x{suffix}", f"text{sep}label\nhi{sep}pos{sep}oops\nho{sep}neg\n")
+    with pytest.raises(TfllmError, match=r"malformed (CSV|TSV): Expected 2 fields in line 2, saw 3$"):
+        read_table(path)
+    names = write(tmp_path / f"n{suffix}", f"1{sep}pos{sep}hi\n")
+    with pytest.raises(TfllmError, match=r"Expected 2 fields in line 1, saw 3$"):
+        read_table(names, has_header=False, column_names=["text", "label"])
+
+
+def test_empty_trailing_fields_are_tolerated(tmp_path):
+    path = write(tmp_path / "t.tsv", "text\tlabel\nhi\tpos\t\nho\tneg\t\n")
+    ex = read_examples(str(path))
+    assert ex.texts == ["hi", "ho"] and ex.labels == ["pos", "neg"]
+
+
 def test_headerless_without_names_has_numbered_columns(tmp_path):
     path = write(tmp_path / "raw.tsv", "a\t0\nb\t1\n")
     assert list(read_table(path, has_header=False).columns) == ["0", "1"]

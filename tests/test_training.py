@@ -164,3 +164,18 @@ def test_early_stopping_restores_best(tiny_checkpoint, sentiment_files, tmp_path
     assert metrics["history"][-1]["loss"] > best or metrics["history"][-2]["loss"] > best
     assert metrics["best_step"] == min(metrics["history"], key=lambda h: h["loss"])["step"]
     assert metrics["dev"]["loss"] == pytest.approx(best, abs=1e-3)
+
+
+@pytest.mark.parametrize("switch", ["train.mixed_precision=mixed_bfloat16", "train.jit_compile=true"])
+def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_path, switch):
+    train, dev = sentiment_files
+    try:
+        run_dir = run_training(load_config(None, tiny_overrides(tiny_checkpoint, train, dev,
+                                                                tmp_path / "run", switch, "train.epochs=1")))
+        info = json.loads((run_dir / "run_info.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert np.isfinite(metrics["dev"]["loss"])
+        if "bfloat16" in switch:
+            assert info["precision"] == "mixed_bfloat16"
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -98,17 +99,46 @@ def _parse_delimited(path: Path, text: str, sep: str, has_header: bool,
                      column_names: Optional[list[str]]) -> pd.DataFrame:
     # GLUE-style TSV files are unquoted: a quote character is text, not a field delimiter.
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    kind = "TSV" if sep == "\t" else "CSV"
+
+    def parse(on_extra_fields: str) -> pd.DataFrame:
+        # index_col=False: a row with more fields than the header must not turn column 1 into the
+        # index (silently shifting every column); pandas warns and drops the extra fields instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter(on_extra_fields, pd.errors.ParserWarning)
+            return pd.read_csv(io.StringIO(text), sep=sep, quoting=quoting, dtype=str,
+                               keep_default_na=False, header=0 if has_header else None,
+                               names=column_names if column_names else None, index_col=False,
+                               skip_blank_lines=True, engine="c")
+
     try:
-        frame = pd.read_csv(io.StringIO(text), sep=sep, quoting=quoting, dtype=str,
-                            keep_default_na=False, header=0 if has_header else None,
-                            names=column_names if column_names else None,
-                            skip_blank_lines=True, engine="c")
+        try:
+            frame = parse("error")
+        except pd.errors.ParserWarning:
+            extra = _extra_fields(text, sep, quoting, len(column_names) if column_names else None)
+            if extra:  # non-empty fields beyond the header's columns
+                raise TfllmError(f"{path}: malformed {kind}: Expected {extra[0]} fields in line "
+                                 f"{extra[1]}, saw {extra[2]}") from None
+            frame = parse("ignore")  # only empty trailing fields (e.g. a tab at each line's end)
     except pd.errors.ParserError as e:
-        raise TfllmError(f"{path}: malformed {'TSV' if sep == chr(9) else 'CSV'}: {_first_line(e)}") from None
+        raise TfllmError(f"{path}: malformed {kind}: {_first_line(e)}") from None
     except pd.errors.EmptyDataError:
         raise TfllmError(f"{path}: file is empty") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _extra_fields(text: str, sep: str, quoting: int, width: Optional[int]) -> Optional[tuple[int, int, int]]:
+    """``(expected, line, seen)`` for the first row with non-empty fields beyond ``width``."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep, quoting=quoting)
+    for row in reader:
+        if not row:
+            continue
+        if width is None:
+            width = len(row)  # the header
+        elif len(row) > width and any(field.strip() for field in row[width:]):
+            return width, reader.line_num, len(row)
+    return None
 
 
 def _first_line(error: Exception) -> str:
