@@ -46,7 +46,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -106,7 +105,10 @@ def parse_args(argv=None):
                         help=f"same-slice size in batches of {BATCH}: each variant times one epoch over it "
                         f"after {WARMUP_STEPS} warm-up steps")
     parser.add_argument("--out", default="/tmp/tfllm-bench", help="run directory parent and report")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.baseline_steps < 1 or (args.train_examples is not None and args.train_examples < BATCH):
+        parser.error(f"--baseline-steps must be >= 1 and --train-examples >= {BATCH}")
+    return args
 
 
 def benchmark_config(args) -> Config:
@@ -336,7 +338,10 @@ def footnotes(cfg: Config, args, arch: Architecture, peaks: list[dict], slice_si
         "warm-up `model.fit` (tracing, not timed), then one timed `model.fit` epoch over the whole "
         f"slice ({args.baseline_steps} steps: every variant trains on exactly the same examples), "
         "timed by a callback from the first step's start to the last step's end (input pipeline "
-        "included). Same model (packaged MiniLM-L6-H384) and starting weights everywhere.",
+        "included). Same model (packaged MiniLM-L6-H384) and starting weights everywhere."
+        + (f" Bucketing sorts lengths within windows of {cfg.data.bucket_window} batches; this slice "
+           "is a single window, so it pads less than a real run would."
+           if args.baseline_steps <= cfg.data.bucket_window else ""),
         "Run row: seq/s = examples / seconds over the run's TensorBoard `examples_per_sec` windows "
         "(wall time between Trainer reports), leaving out windows holding a dev evaluation or a "
         "checkpoint save and the first window (tracing); its padding is that of the run's epoch-0 plan; "

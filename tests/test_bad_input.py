@@ -379,10 +379,6 @@ def test_cli_predict_not_a_run(tmp_path):
 
 # --- known gap ------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="--overwrite deletes the old run (prepare_run_dir) before the model "
-                   "is built, so a checkpoint that resolves but has no weights fails only after the old "
-                   "run is gone; fixing it means building the model (or checking the weights) before "
-                   "prepare_run_dir, or replacing the old run only once the new one succeeds")
 def test_checkpoint_without_weights_keeps_existing_run(tiny_checkpoint, tmp_path, existing_run, capsys,
                                                        monkeypatch):
     import shutil

@@ -238,3 +238,8 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     assert cfg.model.checkpoint.startswith("packaged:")
     save_config(cfg, tmp_path / "config.yaml")     # what a run directory stores
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_default_job_config_file_matches_the_builtin_defaults():
+    """`python -m tfllm.train` with no arguments runs exactly configs/sentiment_minilm.yaml."""
+    assert load_config(ROOT / "configs" / "sentiment_minilm.yaml") == load_config(None)

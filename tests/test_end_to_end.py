@@ -17,9 +17,9 @@ def cli(*args, timeout=900):
 def minilm_run(tmp_path_factory):
     """The packaged MiniLM fine-tuned on 64 built-in sentences through `python -m tfllm.train`."""
     run_dir = tmp_path_factory.mktemp("e2e") / "minilm"
-    done = cli("tfllm.train", f"output_dir={run_dir}", "data.max_train_examples=64",
-               "data.max_dev_examples=40", "train.epochs=2", "train.batch_size=16",
-               "train.learning_rate=2e-4", "data.max_length=48")
+    done = cli("tfllm.train", f"output_dir={run_dir}", "data.max_train_examples=96",
+               "data.max_dev_examples=40", "train.epochs=3", "train.batch_size=16", "train.warmup_ratio=0",
+               "train.learning_rate=3e-4", "data.max_length=48")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "classification_report" not in done.stderr
     assert "precision" in done.stdout and "accuracy" in done.stdout  # the printed dev report
@@ -30,7 +30,7 @@ def minilm_run(tmp_path_factory):
 def test_real_checkpoint_learns_and_saves_a_transformers_model(minilm_run):
     metrics = json.loads((minilm_run / "metrics.json").read_text())
     assert metrics["dev"]["examples"] == 40
-    # 64 examples, 8 steps: the pretrained encoder already separates sentiment well.
+    # 96 examples, 18 steps: the pretrained encoder already separates sentiment well.
     assert metrics["dev"]["accuracy"] >= 0.7, metrics["dev"]
 
     from transformers import TFBertForSequenceClassification

@@ -166,12 +166,13 @@ def test_early_stopping_restores_best(tiny_checkpoint, sentiment_files, tmp_path
     assert metrics["dev"]["loss"] == pytest.approx(best, abs=1e-3)
 
 
-@pytest.mark.parametrize("switch", ["train.mixed_precision=mixed_bfloat16", "train.jit_compile=true"])
+@pytest.mark.parametrize("switch", ["train.mixed_precision=mixed_bfloat16",
+                                    "train.jit_compile=true data.pad_to_multiple_of=32"])
 def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_path, switch):
     train, dev = sentiment_files
     try:
         run_dir = run_training(load_config(None, tiny_overrides(tiny_checkpoint, train, dev,
-                                                                tmp_path / "run", switch, "train.epochs=1")))
+                                                                tmp_path / "run", *switch.split(), "train.epochs=1")))
         info = json.loads((run_dir / "run_info.json").read_text())
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert np.isfinite(metrics["dev"]["loss"])

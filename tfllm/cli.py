@@ -8,9 +8,10 @@ import sys
 from tfllm.errors import TfllmError
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, stream=None) -> None:
+    """tfllm's progress at INFO on stderr (or ``stream``); third-party chatter only with verbose."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr, force=True)
+                        stream=stream or sys.stderr, force=True)
     for noisy in ("transformers", "absl", "tensorflow", "datasets", "h5py"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
     try:

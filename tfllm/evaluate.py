@@ -41,7 +41,6 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_names: 
 def write_evaluation(out_dir: Path, examples, logits: np.ndarray, labels: np.ndarray,
                      label_names: Sequence[str], extra: Optional[dict] = None) -> dict:
     """Write predictions, metrics, the report and the confusion-matrix PNG; return the metrics."""
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     from tfllm.models.classifier import softmax
@@ -62,10 +61,8 @@ def write_evaluation(out_dir: Path, examples, logits: np.ndarray, labels: np.nda
     io.write_text(out_dir / "classification_report.txt", metrics["report"])
     io.write_json(out_dir / "metrics.json", {**{k: v for k, v in metrics.items() if k != "report"},
                                              **(extra or {})})
-    fig = confusion_figure(np.asarray(metrics["confusion_matrix"]), label_names)
     tmp = out_dir / ".confusion_matrix.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
+    confusion_figure(np.asarray(metrics["confusion_matrix"]), label_names).savefig(tmp)
     tmp.replace(out_dir / "confusion_matrix.png")
     return metrics
 

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 from tfllm import io
@@ -49,35 +50,63 @@ def versions() -> dict:
 
 
 def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
-    """Fine-tune as ``cfg`` says; returns the run directory (see DESIGN.md for its layout)."""
+    """Fine-tune as ``cfg`` says; returns the run directory (see DESIGN.md for its layout).
+
+    Everything that can fail on bad input (config values, data, checkpoint) is checked before the
+    run directory is touched, so a failed start never damages an existing run.
+    """
+    from tfllm.models.classifier import build_classifier
+    from tfllm.training.strategy import make_strategy
+    from tfllm.training.trainer import Trainer
+
+    started = time.time()
+    ensure_logging()
+    _check_values(cfg)
+    strategy = make_strategy(cfg.distribute)  # before anything else touches TF devices
+    data = prepare_classification_data(cfg)
+    precision = seed_everything(cfg)
+    with strategy.scope():
+        model, report = build_classifier(cfg.model, len(data.label_map), data.label_map.names,
+                                         cfg.train.grad_accum_steps, cfg.train.max_grad_norm)
+    log.info(report.summary())
+
+    run_dir = prepare_run_dir(cfg, overwrite, resume)
+    write_run_metadata(run_dir, cfg, resume, precision, strategy.num_replicas_in_sync)
+    data.label_map.save(run_dir / "label_map.json")
+    trainer = Trainer(model, cfg.train, run_dir, strategy, data.label_map.names,
+                      cfg.data.pad_to_multiple_of)
+    state = trainer.fit(data.train, data.dev, resume=resume,
+                        config_text=(run_dir / "config.yaml").read_text())
+    save_model(run_dir, model, data.tokenizer)
+    finish_classification(run_dir, cfg, model, data, state, time.time() - started)
+    return run_dir
+
+
+@dataclass
+class ClassificationData:
+    """Everything training needs from the data side, validated and tokenized."""
+    splits: "LabelledSplits"
+    tokenizer: object
+    train: "SplitData"
+    dev: "SplitData"
+
+    @property
+    def label_map(self):
+        return self.splits.label_map
+
+
+def prepare_classification_data(cfg: Config) -> ClassificationData:
+    """Read and validate the splits, tokenize them with the checkpoint's tokenizer, plan batches."""
     import numpy as np
-    import tf_keras
 
     from tfllm.data.pipeline import BatchPlan
     from tfllm.data.splits import load_labelled_splits
     from tfllm.data.tokenization import encode_texts, load_tokenizer
-    from tfllm.evaluate import print_metrics, write_evaluation
     from tfllm.models.checkpoints import resolve_checkpoint
-    from tfllm.models.classifier import build_classifier
-    from tfllm.training.strategy import make_strategy, set_precision
-    from tfllm.training.trainer import SplitData, Trainer
+    from tfllm.training.trainer import SplitData
 
-    started = time.time()
-    _check_values(cfg)
-    strategy = make_strategy(cfg.distribute)  # before anything else touches TF devices
-    splits = load_labelled_splits(cfg.data, cfg.train.seed)  # validate data before touching the run dir
+    splits = load_labelled_splits(cfg.data, cfg.train.seed)
     tokenizer = load_tokenizer(resolve_checkpoint(cfg.model.checkpoint))
-    run_dir = prepare_run_dir(cfg, overwrite, resume)
-    tf_keras.utils.set_random_seed(cfg.train.seed)
-    # Dropout draws from tf.random.Generator state variables, which checkpoints save: a resumed
-    # run then continues the exact random stream of the interrupted one.
-    tf_keras.backend.experimental.enable_tf_random_generator()
-    precision = set_precision(cfg.train.mixed_precision)
-    save_config(cfg, run_dir / "config.yaml") if not (resume and (run_dir / "config.yaml").exists()) else None
-    io.write_json(run_dir / "run_info.json", {"versions": versions(), "seed": cfg.train.seed,
-                                              "precision": precision, "command": sys.argv,
-                                              "replicas": strategy.num_replicas_in_sync})
-    splits.label_map.save(run_dir / "label_map.json")
     log.info("data: %d train / %d dev examples, %d labels (%s)", len(splits.train), len(splits.dev),
              len(splits.label_map), ", ".join(splits.label_map.names[:10]))
 
@@ -85,38 +114,68 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
         labels = splits.label_map.encode(examples.labels, examples.source)
         return encode_texts(tokenizer, examples.texts, examples.pairs, cfg.data.max_length, labels)
 
-    train_enc, dev_enc = encode(splits.train), encode(splits.dev)
+    train, dev = encode(splits.train), encode(splits.dev)
     log.info("tokens per example: train median %d, max %d (max_length %d)",
-             int(np.median(train_enc.lengths)), int(train_enc.lengths.max()), cfg.data.max_length)
-    with strategy.scope():
-        model, report = build_classifier(cfg.model, len(splits.label_map), splits.label_map.names,
-                                         cfg.train.grad_accum_steps, cfg.train.max_grad_norm)
-    log.info(report.summary())
-    train = SplitData(train_enc, BatchPlan(train_enc.lengths, cfg.train.batch_size, cfg.train.seed,
-                                           True, cfg.data.bucketing, cfg.data.bucket_window))
-    dev = SplitData(dev_enc, BatchPlan(dev_enc.lengths, cfg.train.eval_batch_size, shuffle=False,
-                                       bucketing=cfg.data.bucketing))
-    trainer = Trainer(model, cfg.train, run_dir, strategy, splits.label_map.names,
-                      cfg.data.pad_to_multiple_of)
-    state = trainer.fit(train, dev, resume=resume, config_text=(run_dir / "config.yaml").read_text())
+             int(np.median(train.lengths)), int(train.lengths.max()), cfg.data.max_length)
+    return ClassificationData(
+        splits, tokenizer,
+        SplitData(train, BatchPlan(train.lengths, cfg.train.batch_size, cfg.train.seed, True,
+                                   cfg.data.bucketing, cfg.data.bucket_window)),
+        SplitData(dev, BatchPlan(dev.lengths, cfg.train.eval_batch_size, shuffle=False,
+                                 bucketing=cfg.data.bucketing)))
 
+
+def seed_everything(cfg: Config) -> str:
+    """Seed Python/NumPy/TF, make dropout resumable, set the precision policy; returns it."""
+    import tf_keras
+
+    from tfllm.training.strategy import set_precision
+
+    tf_keras.utils.set_random_seed(cfg.train.seed)
+    # Dropout then draws from tf.random.Generator state variables, which our checkpoints save:
+    # a resumed run continues the exact random stream of the interrupted one.
+    tf_keras.backend.experimental.enable_tf_random_generator()
+    return set_precision(cfg.train.mixed_precision)
+
+
+def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision: str, replicas: int) -> None:
+    if not (resume and (run_dir / "config.yaml").exists()):
+        save_config(cfg, run_dir / "config.yaml")
+    io.write_json(run_dir / "run_info.json", {"versions": versions(), "seed": cfg.train.seed,
+                                              "precision": precision, "command": sys.argv,
+                                              "replicas": replicas})
+
+
+def save_model(run_dir: Path, model, tokenizer) -> None:
+    """``run_dir/model``: a transformers checkpoint with its tokenizer, replaced atomically."""
     with io.atomic_directory(run_dir / "model") as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+
+
+def finish_classification(run_dir: Path, cfg: Config, model, data: ClassificationData, state,
+                          seconds: float) -> None:
+    """Final dev evaluation: reports under ``eval/dev``, ``metrics.json``, the printed report."""
+    from tfllm.evaluate import print_metrics, write_evaluation
     from tfllm.predict import Classifier
 
-    classifier = Classifier(run_dir, model, tokenizer, splits.label_map.names, cfg.data.max_length, cfg)
-    labels = splits.label_map.encode(splits.dev.labels, splits.dev.source)
-    metrics = write_evaluation(run_dir / "eval" / "dev", splits.dev,
-                               classifier.logits(splits.dev.texts, splits.dev.pairs), labels,
-                               splits.label_map.names)
+    dev = data.splits.dev
+    classifier = Classifier(run_dir, model, data.tokenizer, data.label_map.names, cfg.data.max_length, cfg)
+    labels = data.label_map.encode(dev.labels, dev.source)
+    metrics = write_evaluation(run_dir / "eval" / "dev", dev, classifier.logits(dev.texts, dev.pairs),
+                               labels, data.label_map.names)
     summary = {"dev": {k: v for k, v in metrics.items() if k not in ("report", "confusion_matrix")},
                "steps": state.step, "best_step": state.best_step, "stopped_early": state.stopped_early,
-               "train_seconds": round(time.time() - started, 1), "history": state.history}
+               "train_seconds": round(seconds, 1), "history": state.history}
     io.write_json(run_dir / "metrics.json", summary)
-    print_metrics(metrics, f"dev ({splits.dev.source})")
+    print_metrics(metrics, f"dev ({dev.source})")
     print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
-    return run_dir
+
+
+def ensure_logging() -> None:
+    """Show tfllm's progress lines when the caller (e.g. a notebook) configured no logging."""
+    if not logging.getLogger().hasHandlers():
+        setup_logging(stream=sys.stdout)
 
 
 def _check_values(cfg: Config) -> None:

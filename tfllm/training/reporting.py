@@ -71,15 +71,13 @@ def _fmt(value) -> str:
 
 def confusion_figure(matrix: np.ndarray, label_names: Optional[Sequence[str]] = None):
     """A matplotlib figure of a confusion matrix (counts, rows = true labels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: never changes the caller's backend
 
     n = matrix.shape[0]
     names = list(label_names) if label_names else [str(i) for i in range(n)]
     size = min(4 + 0.35 * n, 24)
-    fig, ax = plt.subplots(figsize=(size, size), dpi=80)
+    fig = Figure(figsize=(size, size), dpi=80)
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), names, rotation=90 if n > 4 else 0, fontsize=8 if n > 20 else 10)
     ax.set_yticks(range(n), names, fontsize=8 if n > 20 else 10)
@@ -97,10 +95,6 @@ def confusion_figure(matrix: np.ndarray, label_names: Optional[Sequence[str]] = 
 
 def confusion_image(matrix: np.ndarray, label_names: Optional[Sequence[str]] = None) -> np.ndarray:
     """The confusion matrix rendered as an RGBA uint8 array (for TensorBoard)."""
-    import matplotlib.pyplot as plt
-
-    fig = confusion_figure(matrix, label_names)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
+    confusion_figure(matrix, label_names).savefig(buffer, format="png")
     return tf.io.decode_png(buffer.getvalue(), channels=4).numpy()
