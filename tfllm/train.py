@@ -13,6 +13,7 @@ import math
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
     run directory is touched, so a failed start never damages an existing run.
     """
     from tfllm.models.classifier import build_classifier
-    from tfllm.training.strategy import make_strategy
+    from tfllm.training.strategy import is_chief, make_strategy
     from tfllm.training.trainer import Trainer
 
     started = time.time()
@@ -70,15 +71,22 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
                                          cfg.train.grad_accum_steps, cfg.train.max_grad_norm)
     log.info(report.summary())
 
-    run_dir = prepare_run_dir(cfg, overwrite, resume)
+    # Multi-worker: every worker runs every step (they share collectives), but only the chief
+    # writes the run directory; the others write to a scratch directory deleted at the end and
+    # resume from the chief's checkpoints (shared storage, as TF's multi-worker guide assumes).
+    chief = is_chief(strategy)
+    run_dir = prepare_run_dir(cfg, overwrite, resume) if chief else Path(tempfile.mkdtemp("-tfllm-worker"))
     write_run_metadata(run_dir, cfg, resume, precision, strategy.num_replicas_in_sync)
     data.label_map.save(run_dir / "label_map.json")
     trainer = Trainer(model, cfg.train, run_dir, strategy, data.label_map.names,
-                      cfg.data.pad_to_multiple_of)
+                      cfg.data.pad_to_multiple_of, restore_dir=cfg.run_dir / "checkpoints")
     state = trainer.fit(data.train, data.dev, resume=resume,
                         config_text=(run_dir / "config.yaml").read_text())
     save_model(run_dir, model, data.tokenizer)
     finish_classification(run_dir, cfg, model, data, state, time.time() - started)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return cfg.run_dir
     return run_dir
 
 

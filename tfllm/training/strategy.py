@@ -56,3 +56,13 @@ def set_precision(policy: str) -> str:
         policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
     tf_keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
     return policy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that owns the run directory (always, outside multi-worker training)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                             and resolver.task_id == 0)

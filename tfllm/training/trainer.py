@@ -57,11 +57,13 @@ class TrainState:
 
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, run_dir: Path, strategy: tf.distribute.Strategy,
-                 label_names: Optional[Sequence[str]] = None, multiple: int = 8):
+                 label_names: Optional[Sequence[str]] = None, multiple: int = 8,
+                 restore_dir: Optional[Path] = None):
         self.model, self.cfg, self.run_dir, self.strategy = model, cfg, Path(run_dir), strategy
         self.label_names = label_names
         self.multiple = multiple
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.restore_dir = Path(restore_dir) if restore_dir else self.ckpt_dir  # read on --resume
 
     # --- set-up ---------------------------------------------------------------------------
     def total_steps(self, plan: BatchPlan) -> int:
@@ -209,11 +211,11 @@ class Trainer:
         tf.train.Checkpoint(model=self.model).read(self._best_prefix()).expect_partial()
 
     def _restore(self, resume: bool) -> TrainState:
-        latest = self.manager.latest_checkpoint
         if not resume:
             return TrainState()
+        latest = tf.train.latest_checkpoint(str(self.restore_dir))
         if not latest:
-            log.info("--resume: no checkpoint in %s, starting from step 0", self.ckpt_dir)
+            log.info("--resume: no checkpoint in %s, starting from step 0", self.restore_dir)
             return TrainState()
         self.checkpoint.restore(latest).assert_existing_objects_matched()
         state_file = Path(f"{latest}.state.json")
