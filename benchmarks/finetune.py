@@ -68,6 +68,7 @@ log = logging.getLogger("tfllm")
 
 CONFIG = common.ROOT / "configs" / "sst2_minilm.yaml"
 SST2 = common.SHARED_DATA / "sst2"
+SST2_TRAIN_EXAMPLES = 67_349
 BATCH = 32
 WARMUP_STEPS = 3
 
@@ -119,7 +120,7 @@ def benchmark_config(args) -> Config:
         overrides.append(f"data.max_train_examples={args.train_examples}")
     cfg = load_config(CONFIG, overrides)
     # Throughput is read per log_every window: keep at least ~10 windows in small runs.
-    steps = math.ceil(args.epochs * math.ceil((args.train_examples or 67_349) / cfg.train.batch_size))
+    steps = math.ceil(args.epochs * math.ceil((args.train_examples or SST2_TRAIN_EXAMPLES) / cfg.train.batch_size))
     cfg.train.log_every = min(cfg.train.log_every, max(1, steps // 10))
     if cfg.train.batch_size != BATCH:
         raise SystemExit(f"{CONFIG} has batch_size {cfg.train.batch_size}; this benchmark assumes {BATCH}")
