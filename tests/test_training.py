@@ -167,6 +167,7 @@ def test_early_stopping_restores_best(tiny_checkpoint, sentiment_files, tmp_path
 
 
 @pytest.mark.parametrize("switch", ["train.mixed_precision=mixed_bfloat16",
+                                    "train.mixed_precision=mixed_float16",  # loss scaling path
                                     "train.jit_compile=true data.pad_to_multiple_of=32"])
 def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_path, switch):
     train, dev = sentiment_files
@@ -176,7 +177,32 @@ def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_
         info = json.loads((run_dir / "run_info.json").read_text())
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert np.isfinite(metrics["dev"]["loss"])
-        if "bfloat16" in switch:
-            assert info["precision"] == "mixed_bfloat16"
+        if "mixed_" in switch:
+            assert info["precision"] == switch.split("=")[1]
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_sentence_pair_task_trains_and_predicts(tiny_checkpoint, tmp_path):
+    """Pairs ([CLS] a [SEP] b [SEP], token types 0/1) through training and the predict CLI."""
+    import subprocess
+    import sys
+
+    from conftest import write_tsv
+
+    rows = [(f"the cat sat {i}", f"a cat was sitting {i}", "1") for i in range(12)]
+    rows += [(f"the cat sat {i}", f"stocks fell sharply {i}", "0") for i in range(12)]
+    header = ("s1", "s2", "label")
+    train, dev = write_tsv(tmp_path / "train.tsv", rows, header), write_tsv(tmp_path / "dev.tsv", rows[::3], header)
+    run_dir = run_training(load_config(None, tiny_overrides(
+        tiny_checkpoint, train, dev, tmp_path / "pairs", "data.text_column=s1",
+        "data.text_pair_column=s2", "train.epochs=1")))
+    done = subprocess.run([sys.executable, "-m", "tfllm.predict", str(run_dir), "the dog ran\ta dog was running"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip())
+    assert row["text"] == "the dog ran" and row["text_pair"] == "a dog was running"
+    assert set(row["probabilities"]) == {"0", "1"}
+    bad = subprocess.run([sys.executable, "-m", "tfllm.predict", str(run_dir), "no tab here"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "first<TAB>second" in bad.stderr

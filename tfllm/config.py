@@ -45,6 +45,13 @@ class DataConfig:
     bucketing: bool = True                       # batch similar lengths, pad to each batch's longest
     bucket_window: int = 64                      # batches per length-sorting window
     pad_to_multiple_of: int = 8
+    # --- masked-LM pretraining (train.task=masked_lm); train_file may be a glob or a,b,c list ---
+    corpus_mode: Literal["blocks", "line_by_line"] = "blocks"  # concatenate+chunk, or one doc a sequence
+    documents: Literal["line", "blank_line"] = "line"  # a document per line, or blank-line separated
+    max_documents: Optional[int] = None          # read only the first N documents (quick runs)
+    mlm_probability: float = 0.15                # share of tokens chosen for prediction
+    whole_word_masking: bool = False             # choose whole words, never parts of one
+    nsp: bool = False                            # next-sentence prediction pairs (50% true next)
 
 
 @dataclass
@@ -56,12 +63,20 @@ class ModelConfig:
     classifier_dropout: Optional[float] = None
     freeze_embeddings: bool = False
     freeze_layers: int = 0                       # freeze the bottom k encoder layers
+    # --- masked-LM from scratch (model.checkpoint=scratch): sizes from a preset, then explicit ---
+    preset: Optional[Literal["tiny", "mini", "small", "medium", "base"]] = None
+    num_layers: Optional[int] = None
+    hidden_size: Optional[int] = None
+    num_heads: Optional[int] = None
+    intermediate_size: Optional[int] = None      # default 4 x hidden_size
+    vocab_size: Optional[int] = None             # train a WordPiece vocabulary of this size on the corpus
+    tokenizer: Optional[str] = None              # else reuse this checkpoint's tokenizer (default packaged)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and the training loop."""
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "masked_lm"] = "classification"
     epochs: float = 4.0
     max_steps: Optional[int] = None              # overrides epochs when set
     batch_size: int = 16                         # global examples per optimizer step
@@ -91,6 +106,43 @@ class DistributeConfig:
     num_cpu_devices: int = 0                     # split the CPU into N logical devices (testing)
 
 
+PrunableGroup = Literal["attention", "feed_forward", "embeddings"]
+
+
+@dataclass
+class PruningConfig:
+    """TF-MOT magnitude pruning as a training phase (off unless ``enabled``); see tfllm/compression."""
+    enabled: bool = False
+    target_sparsity: float = 0.5                 # fraction of zeros in every pruned kernel at the end
+    initial_sparsity: float = 0.0                # polynomial schedule only
+    schedule: Literal["polynomial", "constant"] = "polynomial"  # PolynomialDecay / ConstantSparsity
+    begin_step: int = 0
+    end_step: Optional[int] = None               # None: ~70% of the training steps
+    frequency: int = 50                          # steps between mask updates
+    layers: list[PrunableGroup] = field(default_factory=lambda: ["attention", "feed_forward"])
+
+
+@dataclass
+class QATConfig:
+    """Quantization-aware training (TF-MOT fake-quant on the encoder's Dense layers); off by default."""
+    enabled: bool = False
+    layers: list[PrunableGroup] = field(default_factory=lambda: ["attention", "feed_forward"])
+
+
+@dataclass
+class Int8Config:
+    """Full-integer TFLite export: calibration data and the model's output type."""
+    calibration_examples: int = 200              # representative examples drawn from the train data
+    output_type: Literal["float32", "int8"] = "float32"  # logits dtype (ids stay int32)
+
+
+@dataclass
+class CompressionConfig:
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
+    int8: Int8Config = field(default_factory=Int8Config)
+
+
 @dataclass
 class Config:
     """A whole experiment; one YAML file maps onto it section by section."""
@@ -100,6 +152,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -1,5 +1,8 @@
 """Evaluate a trained run on labelled data: ``python -m tfllm.evaluate RUN_DIR --data FILE``.
 
+``RUN_DIR`` may also be an exported ``.tflite`` model (``RUN_DIR/export/model.tflite``): it then
+runs in the LiteRT interpreter, one text at a time, with the metadata and tokenizer beside it.
+
 Prints accuracy, macro-F1 and scikit-learn's classification report, and writes
 ``predictions.csv``, ``metrics.json``, ``classification_report.txt`` and ``confusion_matrix.png``
 to ``RUN_DIR/eval/<data name>/`` (or ``--out``).
@@ -76,7 +79,7 @@ def print_metrics(metrics: dict, title: str) -> None:
 @main_guard
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfllm.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", help="a finished run directory")
+    parser.add_argument("run_dir", help="a finished run directory, or an exported .tflite model")
     parser.add_argument("--data", required=True, help="labelled data file (csv/tsv/jsonl/json/parquet)")
     parser.add_argument("--text-column")
     parser.add_argument("--text-pair-column")
@@ -88,7 +91,14 @@ def main(argv=None):
     from tfllm.data.readers import read_examples
     from tfllm.predict import Classifier
 
-    classifier = Classifier.load(args.run_dir)
+    if args.run_dir.endswith(".tflite"):  # an exported model, run by the LiteRT interpreter
+        from tfllm.export.tflite import TFLiteClassifier
+
+        classifier = TFLiteClassifier.load(args.run_dir)
+        default_out = Path(args.run_dir).parent / "eval" / Path(args.run_dir).stem / Path(args.data).stem
+    else:
+        classifier = Classifier.load(args.run_dir)
+        default_out = Path(args.run_dir) / "eval" / Path(args.data).stem
     data_cfg = classifier.config.data
     examples = read_examples(args.data, args.text_column or data_cfg.text_column,
                              args.text_pair_column or data_cfg.text_pair_column,
@@ -98,7 +108,7 @@ def main(argv=None):
 
     labels = LabelMap(tuple(classifier.label_names)).encode(examples.labels, args.data)
     logits = classifier.logits(examples.texts, examples.pairs)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / Path(args.data).stem
+    out = Path(args.out) if args.out else default_out
     metrics = write_evaluation(out, examples, logits, labels, classifier.label_names,
                                extra={"data": args.data})
     print_metrics(metrics, f"{args.data}")

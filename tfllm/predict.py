@@ -1,6 +1,8 @@
 """Predict labels for raw texts with a trained run: ``python -m tfllm.predict RUN_DIR "text" ...``.
 
 Prints one JSON line per text: ``{"text": ..., "label": ..., "probabilities": {label: p}}``.
+For a masked-LM run, ``--fill-mask "the movie was [MASK] ."`` prints the top-k (``--top-k``)
+tokens for each [MASK]: ``{"text": ..., "mask": 1, "predictions": [{"token": ..., "probability": p}]}``.
 
     >>> clf = Classifier.load("runs/sentiment_minilm")
     >>> clf.predict(["a warm, funny film"])[0]["label"]
@@ -39,6 +41,9 @@ class Classifier:
         if not (run_dir / "model" / "config.json").is_file():
             raise TfllmError(f"{run_dir} is not a finished tfllm run (no model/ inside)")
         cfg = load_config(run_dir / "config.yaml")
+        if cfg.train.task == "masked_lm":
+            raise TfllmError(f"{run_dir} is a masked-LM run, not a classifier: use --fill-mask "
+                             '"text with [MASK]"')
         labels = LabelMap.load(run_dir / "label_map.json")
         return cls(run_dir, load_classifier(str(run_dir / "model")),
                    load_tokenizer(run_dir / "model"), labels.names, cfg.data.max_length, cfg)
@@ -61,9 +66,13 @@ class Classifier:
         from tfllm.models.classifier import softmax
 
         probabilities = softmax(self.logits(texts, pairs))
-        return [{"text": text, "label": self.label_names[int(p.argmax())],
-                 "probabilities": {n: round(float(q), 6) for n, q in zip(self.label_names, p)}}
-                for text, p in zip(texts, probabilities)]
+        rows = []
+        for i, (text, p) in enumerate(zip(texts, probabilities)):
+            row = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
+            row.update(label=self.label_names[int(p.argmax())],
+                       probabilities={n: round(float(q), 6) for n, q in zip(self.label_names, p)})
+            rows.append(row)
+        return rows
 
 
 def read_lines(path: str) -> list[str]:
@@ -81,13 +90,35 @@ def read_lines(path: str) -> list[str]:
     return lines
 
 
+def fill_mask_main(args) -> None:
+    """``--fill-mask``: one JSON line per [MASK]: ``{"text", "mask", "predictions": [{token, probability}]}``."""
+    from tfllm.models.masked_lm import MaskFiller
+
+    texts = list(args.fill_mask) + list(args.texts) + (read_lines(args.input) if args.input else [])
+    for i, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise TfllmError(f"text {i} is empty")
+    if args.top_k < 1:
+        raise TfllmError(f"--top-k must be at least 1, got {args.top_k}")
+    setup_logging()
+    for row in MaskFiller.load(args.run_dir).fill(texts, top_k=args.top_k):
+        print(json.dumps(row, ensure_ascii=False))
+    sys.stdout.flush()
+
+
 @main_guard
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfllm.predict", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a finished run directory (runs/NAME)")
     parser.add_argument("texts", nargs="*", help="texts to classify")
     parser.add_argument("--input", help="a file with one text per line")
+    parser.add_argument("--fill-mask", action="append", default=[], metavar="TEXT",
+                        help="masked-LM runs: the top-k tokens for each [MASK] in TEXT (repeatable; "
+                             "texts and --input lines are filled too)")
+    parser.add_argument("--top-k", type=int, default=5, help="with --fill-mask: tokens per [MASK] (5)")
     args = parser.parse_args(argv)
+    if args.fill_mask:
+        return fill_mask_main(args)
     texts = list(args.texts) + (read_lines(args.input) if args.input else [])
     if not texts:
         raise TfllmError("nothing to predict: give texts or --input FILE")
@@ -96,7 +127,14 @@ def main(argv=None):
             raise TfllmError(f"text {i} is empty")
     setup_logging()
     classifier = Classifier.load(args.run_dir)
-    for row in classifier.predict(texts):
+    pairs = None
+    if classifier.config.data.text_pair_column:  # a sentence-pair run: "first<TAB>second"
+        split = [text.split("\t", 1) for text in texts]
+        for i, parts in enumerate(split, start=1):
+            if len(parts) != 2 or not parts[1].strip():
+                raise TfllmError(f"text {i}: this run classifies sentence pairs; give 'first<TAB>second'")
+        texts, pairs = [p[0] for p in split], [p[1] for p in split]
+    for row in classifier.predict(texts, pairs):
         print(json.dumps(row, ensure_ascii=False))
     sys.stdout.flush()
 

@@ -55,7 +55,13 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
 
     Everything that can fail on bad input (config values, data, checkpoint) is checked before the
     run directory is touched, so a failed start never damages an existing run.
+    ``train.task=masked_lm`` runs masked-LM pretraining instead (:mod:`tfllm.pretraining`).
     """
+    if cfg.train.task == "masked_lm":
+        from tfllm.pretraining import run_pretraining
+
+        return run_pretraining(cfg, overwrite=overwrite, resume=resume)
+    from tfllm.compression import CompressionPhase, total_steps
     from tfllm.models.classifier import build_classifier
     from tfllm.training.strategy import is_chief, make_strategy
     from tfllm.training.trainer import Trainer
@@ -69,6 +75,9 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
     with strategy.scope():
         model, report = build_classifier(cfg.model, len(data.label_map), data.label_map.names,
                                          cfg.train.grad_accum_steps, cfg.train.max_grad_norm)
+        # Pruning / QAT (cfg.compression): TF-MOT wrappers around the same weights, or a no-op.
+        compression = CompressionPhase.start(cfg, model, total_steps(cfg.train, data.train.plan))
+        model = compression.model
     log.info(report.summary())
 
     # Multi-worker: every worker runs every step (they share collectives), but only the chief
@@ -78,10 +87,12 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
     run_dir = prepare_run_dir(cfg, overwrite, resume) if chief else Path(tempfile.mkdtemp("-tfllm-worker"))
     write_run_metadata(run_dir, cfg, resume, precision, strategy.num_replicas_in_sync)
     data.label_map.save(run_dir / "label_map.json")
-    trainer = Trainer(model, cfg.train, run_dir, strategy, data.label_map.names,
-                      cfg.data.pad_to_multiple_of, restore_dir=cfg.run_dir / "checkpoints")
+    trainer = Trainer(model, compression.train_config(cfg.train), run_dir, strategy, data.label_map.names,
+                      cfg.data.pad_to_multiple_of, restore_dir=cfg.run_dir / "checkpoints",
+                      step_callbacks=compression.step_callbacks)
     state = trainer.fit(data.train, data.dev, resume=resume,
                         config_text=(run_dir / "config.yaml").read_text())
+    model = compression.finish(run_dir, state.step)  # wrappers stripped: a plain BERT is saved
     save_model(run_dir, model, data.tokenizer)
     finish_classification(run_dir, cfg, model, data, state, time.time() - started)
     if not chief:

@@ -58,8 +58,11 @@ class TrainState:
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, run_dir: Path, strategy: tf.distribute.Strategy,
                  label_names: Optional[Sequence[str]] = None, multiple: int = 8,
-                 restore_dir: Optional[Path] = None):
+                 restore_dir: Optional[Path] = None, step_callbacks: Sequence[Callable] = ()):
         self.model, self.cfg, self.run_dir, self.strategy = model, cfg, Path(run_dir), strategy
+        # Called as callback(trainer, step) before every training step, with ``step`` the number
+        # of steps already done (e.g. pruning: TF-MOT's UpdatePruningStep semantics).
+        self.step_callbacks = list(step_callbacks)
         self.label_names = label_names
         self.multiple = multiple
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -111,18 +114,17 @@ class Trainer:
                                   multiple=self.multiple, map_fn=train.map_fn))
         train_function = self.model.make_train_function()
         self.model.reset_metrics()
-        window = 0
         try:
             while state.step < total:
+                for callback in self.step_callbacks:
+                    callback(self, state.step)
                 logs = train_function(batches)
                 state.step += 1
-                window += 1
                 self._check_finite(logs, state.step)
                 at_eval = dev is not None and (state.step % eval_every == 0 or state.step == total)
                 if state.step % self.cfg.log_every == 0 or at_eval or state.step == total:
                     reporter.train(state.step, _numpy(logs), train.plan.batch_size)
                     self.model.reset_metrics()
-                    window = 0
                 if at_eval and self._evaluate_and_track(dev, state, reporter):
                     state.stopped_early = True
                     log.info("early stopping at step %d: no %s improvement in %d evaluations",

@@ -1,0 +1,150 @@
+"""Pruning and QAT as training phases on the tiny random BERT (TF-MOT wrappers, stripping, export)."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from conftest import sentiment_rows, tiny_overrides, write_tsv
+from tfllm.config import ModelConfig, PruningConfig, load_config
+from tfllm.errors import TfllmError
+from tfllm.train import run_training
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compression_data")
+    return write_tsv(root / "train.tsv", sentiment_rows(4)), write_tsv(root / "dev.tsv", sentiment_rows(1))
+
+
+def tags(logdir):
+    found = set()
+    for event_file in logdir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            found.update(v.tag for v in event.summary.value)
+    return found
+
+
+def h5_weight_names(path):
+    import h5py
+
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+def test_pruning_phase_reaches_target_on_every_kernel(tiny_checkpoint, files, tmp_path):
+    train, dev = files
+    cfg = load_config(None, tiny_overrides(
+        tiny_checkpoint, train, dev, tmp_path / "pruned", "compression.pruning.enabled=true",
+        "compression.pruning.target_sparsity=0.6", "compression.pruning.frequency=2",
+        "compression.pruning.layers=[attention, feed_forward, embeddings]"))
+    run_dir = run_training(cfg)
+
+    from transformers import TFBertForSequenceClassification
+
+    from tfllm.compression.pruning import encoder_kernels, sparsity
+
+    hf = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))  # a plain BERT
+    kernels = encoder_kernels(hf, ["attention", "feed_forward", "embeddings"])
+    assert len(kernels) == 1 + 2 * 6
+    for kernel in kernels:
+        assert sparsity(kernel.numpy()) == pytest.approx(0.6, abs=0.01), kernel.name
+    assert sparsity(hf.classifier.kernel.numpy()) == 0  # the head is not pruned
+    assert not [n for n in h5_weight_names(run_dir / "model" / "tf_model.h5")
+                if "mask" in n or "threshold" in n or "prune" in n]
+    info = json.loads((run_dir / "compression.json").read_text())["pruning"]
+    assert info["overall"] == pytest.approx(0.6, abs=0.01) and len(info["kernels"]) == 13
+    pruning_tags = tags(run_dir / "tensorboard" / "pruning")
+    assert "sparsity/mean" in pruning_tags and "sparsity/layer_1/attention/self/query" in pruning_tags
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 16 and np.isfinite(metrics["dev"]["loss"])
+
+
+def test_pruning_schedule_lands_on_a_mask_update_and_checks_steps():
+    from tfllm.compression.pruning import make_schedule
+
+    schedule, end = make_schedule(PruningConfig(enabled=True, frequency=3, begin_step=1), total_steps=20)
+    assert end == 13 and (end - 1) % 3 == 0  # 0.7 * 20 = 14 -> 1 + 4 * 3
+    assert float(schedule(end)[1]) == pytest.approx(0.5)
+    with pytest.raises(TfllmError, match="only 10 steps"):
+        make_schedule(PruningConfig(enabled=True, frequency=50, end_step=50), total_steps=10)
+    with pytest.raises(TfllmError, match="target_sparsity"):
+        make_schedule(PruningConfig(enabled=True, target_sparsity=1.5), total_steps=10)
+
+
+def qat_classifier(checkpoint):
+    from tfllm.compression import qat
+    from tfllm.models.classifier import build_classifier
+
+    tf_keras.utils.set_random_seed(0)
+    model, _ = build_classifier(ModelConfig(checkpoint=checkpoint, hidden_dropout=0.0,
+                                            attention_dropout=0.0, classifier_dropout=0.0), num_labels=2)
+    return qat.wrap(model, ["attention", "feed_forward"])
+
+
+def test_qat_wrappers_are_in_the_training_graph(tiny_checkpoint):
+    from test_training import tiny_batches
+
+    from tfllm.compression import qat
+    from tfllm.data.pipeline import make_dataset
+    from tfllm.training.optimization import make_optimizer
+
+    model = qat_classifier(tiny_checkpoint)
+    wrappers = qat.wrappers(model.bert)
+    assert len(wrappers) == 2 * 6
+    kernel_names = {v.name for v in model.trainable_variables if v.name.endswith("kernel:0")}
+    assert any("attention/self/query" in n for n in kernel_names)  # still trained through the wrapper
+    enc, plan = tiny_batches(tiny_checkpoint)
+    model.compile(optimizer=make_optimizer(1e-3, total_steps=3))
+    before = [w.numpy().copy() for w in model.trainable_variables]
+    model.fit(make_dataset(enc, plan, epochs=1), epochs=1, steps_per_epoch=3, verbose=0)
+    features = next(iter(make_dataset(enc, plan, epochs=1)))[0]
+    graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(features).graph
+    fake_quant = [op for op in graph.get_operations() if op.type == "FakeQuantWithMinMaxVars"]
+    assert len(fake_quant) == 12 * 3  # input, kernel and output of every wrapped Dense
+    changed = {v.name: not np.allclose(a, v.numpy()) for a, v in zip(before, model.trainable_variables)}
+    assert all(changed[n] for n in kernel_names)  # the kernels are trained through the fake quant
+    ranges = qat.ranges(model.bert, ["attention", "feed_forward"])
+    first = ranges["layer_0/attention/query"]
+    assert first["input_seen"] == 3 and first["input_max"] != 6.0 and first["output_min"] != -6.0
+
+
+def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_path):
+    train, dev = files
+    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "qat",
+                                           "compression.qat.enabled=true",
+                                           "compression.int8.calibration_examples=16"))
+    run_dir = run_training(cfg)
+    assert not [n for n in h5_weight_names(run_dir / "model" / "tf_model.h5")
+                if "quant" in n or n.endswith(("_min:0", "_max:0"))]
+    ranges = json.loads((run_dir / "compression.json").read_text())["qat"]["ranges"]
+    assert len(ranges) == 12 and ranges["layer_1/output"]["output_seen"] in (8, 16)  # best dev step
+
+    from transformers import TFBertForSequenceClassification
+
+    from tfllm.compression import qat
+    from tfllm.export.tflite import TFLiteClassifier, export_tflite
+
+    hf = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
+    assert not qat.wrappers(hf)
+    path = export_tflite(run_dir, "qat")
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    ops = {d["op_name"] for d in interpreter._get_ops_details()}
+    assert "FAKE_QUANT" not in ops  # folded into int8 tensors
+    int8_tensors = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.int8]
+    assert len(int8_tensors) >= 12 * 2  # at least the int8 kernels and their inputs
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["quantize"] == "qat" and meta["input_dtypes"]["input_ids"] == "int32"
+
+    runner = TFLiteClassifier.load(path)
+    from tfllm.predict import Classifier
+
+    texts = [line.split("\t")[0] for line in dev.read_text().splitlines()[1:]]
+    keras = Classifier.load(run_dir).logits(texts)
+    lite = runner.logits(texts)
+    assert np.mean(lite.argmax(-1) == keras.argmax(-1)) >= 0.95

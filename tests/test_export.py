@@ -1,0 +1,203 @@
+"""Export of a tiny fine-tuned run: every TFLite variant in LiteRT, the raw-string SavedModel,
+``tfllm.evaluate`` on a .tflite, ``tfllm.compare``, and one-line errors for bad input."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, SHARED_DATA, sentiment_rows, write_tsv
+from tfllm.config import load_config
+from tfllm.errors import TfllmError
+
+SST2 = SHARED_DATA / "sst2"
+
+
+@pytest.fixture(scope="module")
+def run(tiny_checkpoint, tmp_path_factory):
+    """A tiny BERT fine-tuned on 400 SST-2 phrases (the built-in sentences if SST-2 is absent)."""
+    from tfllm.train import run_training
+
+    root = tmp_path_factory.mktemp("export")
+    if SST2.is_dir():
+        config = ROOT / "configs" / "sst2_minilm.yaml"
+        data = [f"data.train_file={SST2}/train.tsv", f"data.dev_file={SST2}/dev.tsv",
+                "data.max_train_examples=400", "data.max_dev_examples=100"]
+    else:
+        config = None
+        data = [f"data.train_file={write_tsv(root / 'train.tsv', sentiment_rows(4))}",
+                f"data.dev_file={write_tsv(root / 'dev.tsv', sentiment_rows(1))}"]
+    cfg = load_config(config, [*data, f"model.checkpoint={tiny_checkpoint}", f"output_dir={root / 'run'}",
+                               "train.epochs=3", "train.batch_size=16", "train.learning_rate=2e-3",
+                               "train.eval_every=null", "train.warmup_ratio=0", "data.max_length=48",
+                               "compression.int8.calibration_examples=32"])
+    return run_training(cfg)
+
+
+@pytest.fixture(scope="module")
+def sample(run):
+    """Real texts (SST-2 dev phrases or the built-in sentences) and the Keras model's logits."""
+    from tfllm.data.splits import load_labelled_splits
+    from tfllm.predict import Classifier
+
+    cfg = load_config(run / "config.yaml")
+    dev = load_labelled_splits(cfg.data, cfg.train.seed).dev
+    texts = dev.texts[:100]
+    return texts, Classifier.load(run).logits(texts)
+
+
+def agree_up_to_ties(keras, lite, margin):
+    """Argmax agreement on the examples whose Keras logits are not within ``margin`` of a tie."""
+    top2 = np.sort(keras, axis=-1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > margin
+    return np.mean(keras[clear].argmax(-1) == lite[clear].argmax(-1)), clear.sum()
+
+
+def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
+    from tfllm.export import export
+    from tfllm.export.tflite import TFLiteClassifier
+
+    texts, keras = sample
+    paths = export(run, "tflite", "all")
+    assert [p.name for p in paths] == ["model.tflite", "model_dynamic.tflite", "model_float16.tflite",
+                                       "model_int8.tflite"]  # no qat: the run had no QAT phase
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        assert (run / "export" / name).is_file()
+    sizes = {}
+    for path in paths:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert meta["max_length"] == 48 and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+        assert meta["labels"] == ["0", "1"] or meta["labels"] == ["neg", "pos"]
+        assert set(meta["input_dtypes"].values()) == {"int32"} and meta["output_dtype"] == "float32"
+        lite = TFLiteClassifier.load(path).logits(texts)
+        mode = meta["quantize"]
+        sizes[mode] = path.stat().st_size
+        agreement = np.mean(lite.argmax(-1) == keras.argmax(-1))
+        assert agreement >= 0.95, (mode, agreement)
+        if mode == "none":
+            np.testing.assert_allclose(lite, keras, atol=1e-4)
+        if mode in ("none", "float16"):
+            exact, n = agree_up_to_ties(keras, lite, 1e-4 if mode == "none" else 2e-2)
+            assert exact == 1.0 and n >= 50, (mode, exact, n)
+    assert sizes["int8"] < 0.4 * sizes["none"] and sizes["float16"] < 0.6 * sizes["none"]
+
+
+def test_int8_output_type_follows_the_config(run, sample, tmp_path):
+    from tfllm.export.tflite import TFLiteClassifier, export_tflite
+
+    texts, keras = sample
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "checkpoints", "tensorboard"))
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["compression"]["int8"]["output_type"] = "int8"
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    path = export_tflite(copy, "int8")
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    assert {d["dtype"] for d in runner.get_input_details().values()} == {np.int32}
+    assert runner.get_output_details()["logits"]["dtype"] == np.int8
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["output_dtype"] == "int8" and meta["output_quantization"]["scale"] > 0
+    lite = TFLiteClassifier.load(path).logits(texts)  # dequantized
+    assert np.mean(lite.argmax(-1) == keras.argmax(-1)) >= 0.95
+
+
+def test_saved_model_takes_raw_strings(run, sample):
+    import tensorflow as tf
+
+    from tfllm.export import export
+    from tfllm.models.classifier import softmax
+
+    texts, keras = sample
+    [path] = export(run, "saved_model")
+    assert path == run / "export" / "saved_model" / "1" and (path / "saved_model.pb").is_file()
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    out = serve(text=tf.constant(texts))
+    np.testing.assert_allclose(out["probabilities"].numpy(), softmax(keras), atol=1e-4)
+    labels = json.loads((run / "label_map.json").read_text())["labels"]
+    assert [x.decode() for x in out["label"].numpy()] == [labels[i] for i in keras.argmax(-1)]
+    cli = shutil.which("saved_model_cli", path=str(Path(sys.executable).parent))
+    if cli:
+        shown = subprocess.run([cli, "show", "--dir", str(path), "--all"], capture_output=True, text=True,
+                               timeout=120)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert "serving_default" in shown.stdout and "probabilities" in shown.stdout
+        assert "DT_STRING" in shown.stdout
+
+
+def test_evaluate_cli_runs_an_exported_model(run, tmp_path):
+    from tfllm.export.tflite import export_tflite
+
+    path = run / "export" / "model_dynamic.tflite"
+    if not path.is_file():
+        export_tflite(run, "dynamic")
+    cfg = load_config(run / "config.yaml")
+    data = cfg.data.dev_file
+    done = subprocess.run([sys.executable, "-m", "tfllm.evaluate", str(path), "--data", data,
+                           "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accuracy=" in done.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["examples"] >= 100 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_compare_prints_and_saves_every_variant(run, capsys):
+    from tfllm.compare import main
+
+    main([str(run), "--max-examples", "40", "--latency-examples", "5"])
+    out = capsys.readouterr().out
+    report = json.loads((run / "export" / "report.json").read_text())
+    variants = [r["variant"] for r in report["rows"]]
+    assert variants == ["keras_fp32", "tflite_fp32", "tflite_dynamic", "tflite_float16", "tflite_int8"]
+    for row in report["rows"]:
+        assert row["size_bytes"] > row["gzip_bytes"] > 0 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0
+        assert row["agreement"] >= 0.95 and 0 <= row["accuracy"] <= 1
+    assert report["rows"][0]["agreement"] == 1.0
+    assert "keras_fp32" in out and "tflite_int8" in out
+    assert (run / "export" / "report.md").read_text().count("\n") == 7
+
+
+def one_line_error(capsys, argv, main=None):
+    from tfllm.export import main as export_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        (main or export_main)(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_bad_input_fails_with_one_line(run, tmp_path, capsys):
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    assert "no model/" in one_line_error(capsys, [str(empty)])
+    assert "not found" in one_line_error(capsys, [str(tmp_path / "missing")])
+    assert "unknown --format 'onnx'" in one_line_error(capsys, [str(run), "--format", "onnx"])
+    assert "did you mean int8" in one_line_error(capsys, [str(run), "--quantize", "int9"])
+    assert "compression.qat" in one_line_error(capsys, [str(run), "--quantize", "qat"])
+
+    nodata = tmp_path / "nodata"
+    shutil.copytree(run, nodata, ignore=shutil.ignore_patterns("export", "checkpoints", "tensorboard"))
+    config = yaml.safe_load((nodata / "config.yaml").read_text())
+    config["data"]["train_file"] = str(tmp_path / "gone.tsv")
+    (nodata / "config.yaml").write_text(yaml.safe_dump(config))
+    err = one_line_error(capsys, [str(nodata), "--quantize", "int8"])
+    assert "calibration data" in err and "--calibration-data" in err
+
+    from tfllm.export.tflite import TFLiteClassifier, export_tflite
+
+    path = run / "export" / "model.tflite"
+    if not path.is_file():
+        export_tflite(run, "none")
+    runner = TFLiteClassifier.load(path)
+    too_long = {name: np.ones((1, 49), np.int32) for name in ("input_ids", "attention_mask", "token_type_ids")}
+    with pytest.raises(TfllmError, match="49 tokens is longer than the exported max length 48"):
+        runner.run(too_long)
+    assert runner.logits(["word " * 200]).shape == (1, 2)  # texts are truncated like in training

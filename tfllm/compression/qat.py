@@ -1,0 +1,233 @@
+"""Quantization-aware training of a Hugging Face TF BERT with TF-MOT's quantize wrappers.
+
+``tfmot.quantization.keras.quantize_model`` accepts only Sequential/Functional models (HF models
+are subclassed) and has no registry entry for the attention blocks (model-optimization#812), so
+the Dense layers inside the encoder are wrapped one by one, in place:
+
+* every attention Q/K/V/output and feed-forward in/out ``Dense`` of the HF model is replaced by a
+  :class:`DenseQuantizeWrapper` (a ``QuantizeWrapperV2``) with :class:`DenseQuantizeConfig`:
+  8-bit symmetric per-tensor fake-quant of the kernel (``LastValueQuantizer``, as TF-MOT's
+  default Dense config) and 8-bit fake-quant of the layer's output; the wrapper also
+  fake-quantises the layer's *input*, since in BERT the Dense inputs come from LayerNorm,
+  attention or GELU, which are not quantised layers (an int8 FULLY_CONNECTED needs an input scale);
+* activation ranges use :class:`EmaRangeQuantizer`: the first training batch sets the range, then
+  an exponential moving average follows it. TF-MOT's ``MovingAverageQuantizer`` starts at
+  [-6, 6] with decay 0.999, which takes thousands of steps to forget; a short QAT phase would
+  otherwise clip BERT's wider activations;
+* :func:`unwrap` puts the plain Dense layers back (``model/`` stays an ordinary transformers
+  checkpoint) and returns the learned ranges; :func:`rewrap` re-creates the wrappers on a loaded
+  model and restores those ranges, so the exporter can build the fake-quant graph that the
+  TFLite converter folds into an int8 model (``--quantize qat``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+import tensorflow_model_optimization as tfmot
+
+from tfllm.errors import TfllmError
+from tfllm.models.classifier import BertClassifier
+
+log = logging.getLogger("tfllm")
+
+GROUPS = ("attention", "feed_forward")
+
+
+def _cond(training, true_fn, false_fn):
+    if isinstance(training, bool):
+        return true_fn() if training else false_fn()
+    return tf.cond(tf.cast(training, tf.bool), true_fn, false_fn)
+
+
+@tf_keras.utils.register_keras_serializable("tfllm")
+class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """8-bit asymmetric fake-quant of an activation; range = batch min/max, then an EMA of it."""
+
+    def __init__(self, decay: float = 0.99, num_bits: int = 8):
+        self.decay, self.num_bits = decay, num_bits
+
+    def build(self, tensor_shape, name, layer):
+        make = lambda suffix, value, dtype=tf.float32: layer.add_weight(  # noqa: E731
+            f"{name}_{suffix}", shape=[], dtype=dtype, trainable=False,
+            initializer=tf_keras.initializers.Constant(value))
+        return {"min_var": make("min", -6.0), "max_var": make("max", 6.0),
+                "seen": make("seen", 0, tf.int64)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        min_var, max_var, seen = weights["min_var"], weights["max_var"], weights["seen"]
+
+        def update():
+            values = tf.cast(inputs, tf.float32)
+            low = tf.minimum(tf.reduce_min(values), 0.0)  # the range must contain 0
+            high = tf.maximum(tf.reduce_max(values), 0.0)
+            first = tf.equal(seen, 0)
+            new_low = tf.where(first, low, self.decay * min_var + (1 - self.decay) * low)
+            new_high = tf.where(first, high, self.decay * max_var + (1 - self.decay) * high)
+            with tf.control_dependencies([min_var.assign(new_low), max_var.assign(new_high),
+                                          seen.assign_add(1)]):
+                return self._fake_quant(inputs, new_low, new_high)
+
+        return _cond(training, update, lambda: self._fake_quant(inputs, min_var, max_var))
+
+    def _fake_quant(self, inputs, low, high):
+        out = tf.quantization.fake_quant_with_min_max_vars(tf.cast(inputs, tf.float32), low, high,
+                                                           num_bits=self.num_bits, narrow_range=False)
+        return tf.cast(out, inputs.dtype)
+
+    def get_config(self):
+        return {"decay": self.decay, "num_bits": self.num_bits}
+
+
+@tf_keras.utils.register_keras_serializable("tfllm")
+class DenseQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Kernel: 8-bit symmetric per-tensor (LastValue); output: 8-bit EMA range."""
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, tfmot.quantization.keras.quantizers.LastValueQuantizer(
+            num_bits=8, per_axis=False, symmetric=True, narrow_range=True))]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [EmaRangeQuantizer()]
+
+    def get_config(self):
+        return {}
+
+
+@tf_keras.utils.register_keras_serializable("tfllm")
+class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
+    """TF-MOT's quantize wrapper plus fake-quant of the layer's input."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._input_quantizer = EmaRangeQuantizer()
+        self._input_quantizer_vars = self._input_quantizer.build(input_shape, "input", self)
+
+    def call(self, inputs, training=None, **kwargs):
+        if training is None:
+            training = tf_keras.backend.learning_phase()
+        inputs = self._input_quantizer(inputs, training, self._input_quantizer_vars)
+        return super().call(inputs, training=training, **kwargs)
+
+
+def dense_slots(hf_model, groups: Sequence[str]) -> list[tuple[str, object, str]]:
+    """``(key, parent layer, attribute)`` of every Dense to quantise, in encoder order."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise TfllmError(f"config key compression.qat.layers: {sorted(unknown)} cannot be "
+                         f"quantised this way (choose from {', '.join(GROUPS)})")
+    main = hf_model.bert if hasattr(hf_model, "bert") else hf_model
+    slots = []
+    for i, layer in enumerate(main.encoder.layer):
+        if "attention" in groups:
+            for attr in ("query", "key", "value"):
+                slots.append((f"layer_{i}/attention/{attr}", layer.attention.self_attention, attr))
+            slots.append((f"layer_{i}/attention/output", layer.attention.dense_output, "dense"))
+        if "feed_forward" in groups:
+            slots.append((f"layer_{i}/intermediate", layer.intermediate, "dense"))
+            slots.append((f"layer_{i}/output", layer.bert_output, "dense"))
+    return slots
+
+
+def wrappers(hf_model) -> list[DenseQuantizeWrapper]:
+    """The quantize wrappers currently inside ``hf_model`` (tests: 'really present in training')."""
+    return [layer for layer in hf_model.submodules if isinstance(layer, DenseQuantizeWrapper)]
+
+
+def _build(hf_model) -> None:
+    ids = tf.constant([[101, 102]], tf.int32)
+    hf_model({"input_ids": ids, "attention_mask": tf.ones_like(ids), "token_type_ids": tf.zeros_like(ids)},
+             training=False)
+
+
+def wrap_bert(hf_model, groups: Sequence[str]) -> list[tuple[str, DenseQuantizeWrapper]]:
+    """Replace the chosen Dense layers of ``hf_model`` by quantize wrappers, in place; builds them."""
+    if wrappers(hf_model):
+        raise TfllmError("the model already has quantize wrappers")
+    wrapped = []
+    for key, parent, attr in dense_slots(hf_model, groups):
+        dense = getattr(parent, attr)
+        if not isinstance(dense, tf_keras.layers.Dense):
+            raise TfllmError(f"QAT: {key} is a {type(dense).__name__}, not a Dense layer")
+        wrapper = DenseQuantizeWrapper(dense, DenseQuantizeConfig())
+        setattr(parent, attr, wrapper)
+        wrapped.append((key, wrapper))
+    _build(hf_model)
+    return wrapped
+
+
+def ranges(hf_model, groups: Sequence[str]) -> dict:
+    """``{dense key: {quantizer variable: value}}`` of the wrapped model (the learned ranges)."""
+    out = {}
+    for key, parent, attr in dense_slots(hf_model, groups):
+        wrapper = getattr(parent, attr)
+        if not isinstance(wrapper, DenseQuantizeWrapper):
+            raise TfllmError(f"QAT: {key} is not wrapped")
+        out[key] = {_var_name(v): np.asarray(v.numpy()).tolist() for v in wrapper._non_trainable_weights}
+    return out
+
+
+def _var_name(variable) -> str:
+    return variable.name.split(":")[0].split("/")[-1]
+
+
+def unwrap(hf_model, groups: Sequence[str]) -> dict:
+    """Put the plain Dense layers back (kernels as variables again); returns the learned ranges."""
+    learned = ranges(hf_model, groups)
+    for key, parent, attr in dense_slots(hf_model, groups):
+        wrapper = getattr(parent, attr)
+        dense = wrapper.layer
+        dense.kernel = wrapper._weight_vars[0][0]  # the variable, instead of its fake-quant tensor
+        setattr(parent, attr, dense)
+    return learned
+
+
+def rewrap(hf_model, groups: Sequence[str], learned: dict) -> list:
+    """Wrap a loaded (QAT-trained) model again and restore the learned ranges, for export."""
+    wrapped = wrap_bert(hf_model, groups)
+    for key, wrapper in wrapped:
+        if key not in learned:
+            raise TfllmError(f"QAT ranges have no entry for {key}; was the run trained with the "
+                             f"same compression.qat.layers?")
+        values = learned[key]
+        for variable in wrapper._non_trainable_weights:
+            name = _var_name(variable)
+            if name in values:
+                variable.assign(np.asarray(values[name], dtype=variable.dtype.as_numpy_dtype))
+    return wrapped
+
+
+class QATClassifier(BertClassifier):
+    """A ``BertClassifier`` whose HF model has quantize wrappers in place (same variables)."""
+
+    def __init__(self, bert, num_labels: int, groups, **kwargs):
+        super().__init__(bert, num_labels, **kwargs)
+        self.groups = list(groups)
+
+
+def wrap(model: BertClassifier, groups: Sequence[str]) -> QATClassifier:
+    wrapped = wrap_bert(model.bert, groups)
+    log.info("QAT: fake-quantising %d Dense layers (%s): int8 kernels, inputs and outputs",
+             len(wrapped), ", ".join(groups))
+    return QATClassifier(model.bert, model.num_labels, groups, grad_accum_steps=model.grad_accum_steps,
+                         max_grad_norm=model.max_grad_norm)
+
+
+def strip(model: QATClassifier) -> tuple[BertClassifier, dict]:
+    """The plain classifier (wrappers removed) and the learned ranges."""
+    learned = unwrap(model.bert, model.groups)
+    plain = BertClassifier(model.bert, model.num_labels, grad_accum_steps=model.grad_accum_steps,
+                           max_grad_norm=model.max_grad_norm)
+    return plain, learned

@@ -1,0 +1,268 @@
+"""TFLite export of a run (float32, dynamic-range, float16, full int8, QAT int8) and a LiteRT runner.
+
+The model is traced from a ``tf.function`` with an explicit input signature, batch 1 and a
+dynamic sequence length (``[1, None]`` int32 ``input_ids`` / ``attention_mask`` /
+``token_type_ids``, output ``logits``), and converted with built-in ops only (no Flex: the pip
+LiteRT runtime has no Flex delegate). An app tokenizes one text with the exported ``vocab.txt``
+(no padding needed: resize the inputs to the text's length, at most ``max_length``) and runs the
+``serving_default`` signature; the metadata JSON beside each model names everything it needs.
+
+    >>> path = export_tflite("runs/sst2", "int8")            # runs/sst2/export/model_int8.tflite
+    >>> clf = TFLiteClassifier.load(path)                      # ai_edge_litert Interpreter
+    >>> clf.logits(["a gripping film"])
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tfllm import io
+from tfllm.errors import TfllmError
+
+log = logging.getLogger("tfllm")
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+MODES = ("none", "dynamic", "float16", "int8", "qat")
+SIGNATURE = "serving_default"
+
+
+def model_filename(mode: str) -> str:
+    return "model.tflite" if mode == "none" else f"model_{mode}.tflite"
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        import difflib
+
+        close = difflib.get_close_matches(mode, MODES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TfllmError(f"unknown --quantize {mode!r}{hint}; choose from {', '.join(MODES)}")
+    return mode
+
+
+def serving_function(hf_model):
+    """``f(input_ids, attention_mask, token_type_ids) -> {"logits"}`` for batch 1, any length."""
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([1, None], tf.int32, name=name) for name in INPUT_NAMES]
+
+    @tf.function(input_signature=spec)
+    def serve(input_ids, attention_mask, token_type_ids):
+        logits = hf_model({"input_ids": input_ids, "attention_mask": attention_mask,
+                           "token_type_ids": token_type_ids}, training=False).logits
+        return {"logits": tf.cast(logits, tf.float32)}
+
+    return serve
+
+
+def convert(hf_model, mode: str, representative: Optional[list] = None,
+            output_type: str = "float32") -> bytes:
+    """The TFLite flatbuffer of ``hf_model`` (for ``qat`` a model with fake-quant wrappers).
+
+    int8 is full-integer (every op int8, ``TFLITE_BUILTINS_INT8``); if the converter finds an op
+    without an int8 kernel it retries allowing float fallback for that op, with a warning.
+    """
+    try:
+        return _convert(hf_model, mode, representative, output_type, strict_int8=True)
+    except TfllmError as e:
+        if mode != "int8":
+            raise
+        log.warning("full-integer conversion failed (%s); retrying with float fallback", e)
+        return _convert(hf_model, mode, representative, output_type, strict_int8=False)
+
+
+def _convert(hf_model, mode, representative, output_type, strict_int8) -> bytes:
+    import tensorflow as tf
+
+    check_mode(mode)
+    serve = serving_function(hf_model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], hf_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode in ("int8", "qat"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "int8":
+            if not representative:
+                raise TfllmError("int8 export needs a representative data set (calibration examples)")
+            converter.representative_dataset = lambda: iter([dict(r) for r in representative])
+            converter.target_spec.supported_ops = (
+                [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if strict_int8
+                else [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
+        # qat: the converter finds the FakeQuant ops and uses their learned ranges (no calibration);
+        # ops without ranges (LayerNorm, softmax, the embeddings) stay float.
+        if output_type == "int8" and mode == "int8":
+            converter.inference_output_type = tf.int8
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError / ValueError with long logs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TfllmError(f"TFLite conversion ({mode}) failed: {first}") from None
+
+
+def load_run(run_dir: str | Path):
+    """``(cfg, label names, tokenizer, HF model)`` of a finished run."""
+    from tfllm.config import load_config
+    from tfllm.data.labels import LabelMap
+    from tfllm.data.tokenization import load_tokenizer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TfllmError(f"run directory not found: {run_dir}")
+    if not (run_dir / "model" / "config.json").is_file():
+        raise TfllmError(f"{run_dir} is not a finished tfllm run (no model/ inside); train it first")
+    if not (run_dir / "config.yaml").is_file():
+        raise TfllmError(f"{run_dir} has no config.yaml; is it a tfllm run directory?")
+    from transformers import TFBertForSequenceClassification
+
+    cfg = load_config(run_dir / "config.yaml")
+    labels = LabelMap.load(run_dir / "label_map.json").names
+    tokenizer = load_tokenizer(run_dir / "model")
+    model = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
+    return cfg, list(labels), tokenizer, model
+
+
+def qat_model(run_dir: Path, hf_model):
+    """Re-create the run's QAT wrappers on ``hf_model`` with the learned ranges."""
+    from tfllm.compression import qat, read_compression
+
+    info = read_compression(run_dir).get("qat")
+    if not info:
+        raise TfllmError(f"--quantize qat needs a run trained with compression.qat.enabled=true; "
+                         f"{run_dir} has no QAT ranges (use --quantize int8 for post-training int8)")
+    qat.rewrap(hf_model, info["layers"], info["ranges"])
+    return hf_model
+
+
+def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str | Path] = None,
+                  calibration_data: Optional[str] = None, loaded=None) -> Path:
+    """Write ``model[_mode].tflite``, its metadata JSON and the tokenizer files; returns the model path."""
+    from tfllm.compression.ptq import calibration_features
+
+    check_mode(mode)
+    run_dir = Path(run_dir)
+    cfg, labels, tokenizer, model = loaded or load_run(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "export"
+    representative = None
+    if mode == "int8":
+        representative = calibration_features(cfg, tokenizer, cfg.compression.int8.calibration_examples,
+                                               calibration_data)
+    if mode == "qat":
+        if loaded is not None:  # never wrap a caller's model in place
+            from transformers import TFBertForSequenceClassification
+
+            model = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
+        model = qat_model(run_dir, model)
+    output_type = cfg.compression.int8.output_type if mode == "int8" else "float32"
+    log.info("converting %s to TFLite (%s)", run_dir, mode)
+    flatbuffer = convert(model, mode, representative, output_type)
+    path = out_dir / model_filename(mode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(flatbuffer)
+    os.replace(tmp, path)
+    tokenizer.save_pretrained(str(out_dir))
+    io.write_json(path.with_suffix(".json"), metadata(path, mode, cfg, labels, tokenizer, run_dir))
+    log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return path
+
+
+def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> dict:
+    """What an app needs besides the model: labels, lengths, input names and dtypes, tokenizer."""
+    interpreter = make_interpreter(path)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    outputs = runner.get_output_details()
+    inputs = runner.get_input_details()
+    logits = outputs["logits"]
+    scale, zero_point = logits.get("quantization", (0.0, 0))
+    return {
+        "format": "tflite", "file": path.name, "quantize": mode, "signature": SIGNATURE,
+        "labels": list(labels), "max_length": int(cfg.data.max_length),
+        "inputs": list(INPUT_NAMES), "input_shape": [1, -1],
+        "input_dtypes": {name: np.dtype(inputs[name]["dtype"]).name for name in INPUT_NAMES},
+        "output": "logits", "output_dtype": np.dtype(logits["dtype"]).name,
+        "output_quantization": ({"scale": float(scale), "zero_point": int(zero_point)}
+                                if np.dtype(logits["dtype"]).kind in "iu" else None),
+        "tokenizer": {"vocab": "vocab.txt", "do_lower_case": bool(getattr(tokenizer, "do_lower_case", True)),
+                      "cls_token": tokenizer.cls_token, "sep_token": tokenizer.sep_token,
+                      "unk_token": tokenizer.unk_token, "pad_token": tokenizer.pad_token},
+        "pair_task": cfg.data.text_pair_column is not None,
+        "data": {k: getattr(cfg.data, k) for k in ("text_column", "text_pair_column", "label_column",
+                                                   "format", "has_header", "column_names")},
+        "usage": "tokenize one text (WordPiece, [CLS] text [SEP], truncate to max_length), feed "
+                 "int32 [1, n] arrays to the serving_default signature; softmax(logits) gives label "
+                 "probabilities",
+        "source_run": str(run_dir),
+    }
+
+
+def make_interpreter(path: str | Path, num_threads: Optional[int] = None):
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        return Interpreter(model_path=str(path), num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise TfllmError(f"{path}: not a loadable TFLite model ({str(e).splitlines()[0]})") from None
+
+
+class TFLiteClassifier:
+    """An exported ``.tflite`` classifier run by the LiteRT interpreter (no run directory needed)."""
+
+    def __init__(self, path: Path, meta: dict, tokenizer, num_threads: Optional[int] = None):
+        from tfllm.config import Config, DataConfig
+
+        self.path, self.meta, self.tokenizer = Path(path), meta, tokenizer
+        self.label_names = list(meta["labels"])
+        self.max_length = int(meta["max_length"])
+        self.config = Config(data=DataConfig(**meta.get("data", {})))
+        self.interpreter = make_interpreter(path, num_threads)
+        self.runner = self.interpreter.get_signature_runner(meta.get("signature", SIGNATURE))
+        quant = meta.get("output_quantization")
+        self.scale, self.zero_point = (quant["scale"], quant["zero_point"]) if quant else (None, None)
+
+    @classmethod
+    def load(cls, path: str | Path, num_threads: Optional[int] = None) -> "TFLiteClassifier":
+        from tfllm.data.tokenization import load_tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise TfllmError(f"TFLite model not found: {path}")
+        meta_file = path.with_suffix(".json")
+        if not meta_file.is_file():
+            raise TfllmError(f"{path}: its metadata {meta_file.name} is missing (export with "
+                             "python -m tfllm.export)")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        return cls(path, meta, load_tokenizer(path.parent), num_threads)
+
+    def encode(self, text: str, pair: Optional[str] = None) -> dict:
+        from tfllm.compression.ptq import encode_one
+
+        return encode_one(self.tokenizer, text, pair, self.max_length)
+
+    def run(self, features: dict) -> np.ndarray:
+        """Float logits ``[num_labels]`` for one example given as int32 ``[1, n]`` arrays."""
+        length = int(np.shape(features["input_ids"])[-1])
+        if length > self.max_length:
+            raise TfllmError(f"sequence of {length} tokens is longer than the exported max length "
+                             f"{self.max_length} of {self.path.name}")
+        if length < 1:
+            raise TfllmError("empty input: a sequence needs at least one token")
+        feed = {name: np.asarray(features[name], dtype=np.int32).reshape(1, length) for name in INPUT_NAMES}
+        logits = self.runner(**feed)["logits"][0]
+        if self.scale is not None:
+            logits = (logits.astype(np.float32) - self.zero_point) * self.scale
+        return logits.astype(np.float32)
+
+    def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Logits ``[n, num_labels]``, one interpreter call per text (batch 1, no padding)."""
+        rows = [self.run(self.encode(t, pairs[i] if pairs is not None else None))
+                for i, t in enumerate(texts)]
+        return np.stack(rows) if rows else np.zeros((0, len(self.label_names)), np.float32)
