@@ -4,8 +4,10 @@ The model is traced from a ``tf.function`` with an explicit input signature, bat
 dynamic sequence length (``[1, None]`` int32 ``input_ids`` / ``attention_mask`` /
 ``token_type_ids``, output ``logits``), and converted with built-in ops only (no Flex: the pip
 LiteRT runtime has no Flex delegate). An app tokenizes one text with the exported ``vocab.txt``
-(no padding needed: resize the inputs to the text's length, at most ``max_length``) and runs the
-``serving_default`` signature; the metadata JSON beside each model names everything it needs.
+(no padding needed: resize the three inputs to the text's length, at most ``max_length``), sets
+them and invokes; the metadata JSON beside each model names the tensors and everything else.
+The graph is frozen directly (``experimental_lower_to_saved_model=False``): ~10x faster to
+convert than through a temporary SavedModel, same ops, but no signature table.
 
     >>> path = export_tflite("runs/sst2", "int8")            # runs/sst2/export/model_int8.tflite
     >>> clf = TFLiteClassifier.load(path)                      # ai_edge_litert Interpreter
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,7 +31,21 @@ log = logging.getLogger("tfllm")
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MODES = ("none", "dynamic", "float16", "int8", "qat")
-SIGNATURE = "serving_default"
+
+
+def io_details(interpreter) -> tuple[dict, dict]:
+    """``({input name: details}, output details)``: inputs matched by name (``input_ids`` ...)."""
+    inputs = {}
+    for detail in interpreter.get_input_details():
+        for name in INPUT_NAMES:
+            if detail["name"] == name or detail["name"].endswith(f"_{name}:0") or detail["name"] == f"{name}:0":
+                inputs[name] = detail
+    missing = [n for n in INPUT_NAMES if n not in inputs]
+    outputs = interpreter.get_output_details()
+    if missing or len(outputs) != 1:
+        raise TfllmError(f"not a tfllm classifier model: inputs {[d['name'] for d in interpreter.get_input_details()]}, "
+                         f"{len(outputs)} outputs")
+    return inputs, outputs[0]
 
 
 def model_filename(mode: str) -> str:
@@ -60,6 +77,17 @@ def serving_function(hf_model):
     return serve
 
 
+_TRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def concrete_serving(hf_model):
+    """The traced serving function of ``hf_model``, traced once per model (tracing BERT is slow)."""
+    traced = _TRACED.get(hf_model)
+    if traced is None:
+        traced = _TRACED[hf_model] = serving_function(hf_model).get_concrete_function()
+    return traced
+
+
 def convert(hf_model, mode: str, representative: Optional[list] = None,
             output_type: str = "float32") -> bytes:
     """The TFLite flatbuffer of ``hf_model`` (for ``qat`` a model with fake-quant wrappers).
@@ -80,8 +108,8 @@ def _convert(hf_model, mode, representative, output_type, strict_int8) -> bytes:
     import tensorflow as tf
 
     check_mode(mode)
-    serve = serving_function(hf_model)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], hf_model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_serving(hf_model)], hf_model)
+    converter.experimental_lower_to_saved_model = False  # freeze directly: ~10x faster conversion
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -93,7 +121,7 @@ def _convert(hf_model, mode, representative, output_type, strict_int8) -> bytes:
         if mode == "int8":
             if not representative:
                 raise TfllmError("int8 export needs a representative data set (calibration examples)")
-            converter.representative_dataset = lambda: iter([dict(r) for r in representative])
+            converter.representative_dataset = lambda: ([r[n] for n in INPUT_NAMES] for r in representative)
             converter.target_spec.supported_ops = (
                 [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if strict_int8
                 else [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
@@ -178,13 +206,12 @@ def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str
 def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> dict:
     """What an app needs besides the model: labels, lengths, input names and dtypes, tokenizer."""
     interpreter = make_interpreter(path)
-    runner = interpreter.get_signature_runner(SIGNATURE)
-    outputs = runner.get_output_details()
-    inputs = runner.get_input_details()
-    logits = outputs["logits"]
+    inputs, logits = io_details(interpreter)
     scale, zero_point = logits.get("quantization", (0.0, 0))
     return {
-        "format": "tflite", "file": path.name, "quantize": mode, "signature": SIGNATURE,
+        "format": "tflite", "file": path.name, "quantize": mode,
+        "input_tensors": {name: inputs[name]["name"] for name in INPUT_NAMES},
+        "output_tensor": logits["name"],
         "labels": list(labels), "max_length": int(cfg.data.max_length),
         "inputs": list(INPUT_NAMES), "input_shape": [1, -1],
         "input_dtypes": {name: np.dtype(inputs[name]["dtype"]).name for name in INPUT_NAMES},
@@ -197,8 +224,8 @@ def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> di
         "pair_task": cfg.data.text_pair_column is not None,
         "data": {k: getattr(cfg.data, k) for k in ("text_column", "text_pair_column", "label_column",
                                                    "format", "has_header", "column_names")},
-        "usage": "tokenize one text (WordPiece, [CLS] text [SEP], truncate to max_length), feed "
-                 "int32 [1, n] arrays to the serving_default signature; softmax(logits) gives label "
+        "usage": "tokenize one text (WordPiece, [CLS] text [SEP], truncate to max_length), resize "
+                 "the three int32 inputs to [1, n], set them, invoke; softmax(logits) gives label "
                  "probabilities",
         "source_run": str(run_dir),
     }
@@ -224,7 +251,8 @@ class TFLiteClassifier:
         self.max_length = int(meta["max_length"])
         self.config = Config(data=DataConfig(**meta.get("data", {})))
         self.interpreter = make_interpreter(path, num_threads)
-        self.runner = self.interpreter.get_signature_runner(meta.get("signature", SIGNATURE))
+        self.inputs, self.output = io_details(self.interpreter)
+        self.shape = None
         quant = meta.get("output_quantization")
         self.scale, self.zero_point = (quant["scale"], quant["zero_point"]) if quant else (None, None)
 
@@ -256,7 +284,15 @@ class TFLiteClassifier:
         if length < 1:
             raise TfllmError("empty input: a sequence needs at least one token")
         feed = {name: np.asarray(features[name], dtype=np.int32).reshape(1, length) for name in INPUT_NAMES}
-        logits = self.runner(**feed)["logits"][0]
+        if self.shape != length:  # batch 1 at this text's length: no padding
+            for name in INPUT_NAMES:
+                self.interpreter.resize_tensor_input(self.inputs[name]["index"], [1, length])
+            self.interpreter.allocate_tensors()
+            self.shape = length
+        for name in INPUT_NAMES:
+            self.interpreter.set_tensor(self.inputs[name]["index"], feed[name])
+        self.interpreter.invoke()
+        logits = self.interpreter.get_tensor(self.output["index"])[0]
         if self.scale is not None:
             logits = (logits.astype(np.float32) - self.zero_point) * self.scale
         return logits.astype(np.float32)
