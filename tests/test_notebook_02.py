@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA
 
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -25,6 +25,7 @@ def test_pretrain_notebook(tiny_checkpoint, tmp_path, venv_kernel):  # noqa: F81
         'SCRATCH_OVERRIDES = ["train.max_steps=20", "train.batch_size=16", "data.max_length=32", '
         '"train.eval_every=10", "train.log_every=10", "model.vocab_size=500"]',
         f"RUN_ROOT = {str(runs)!r}",
+        f"CONFIG_DIR = {str(ROOT / 'configs')!r}",
     ])
     nb = run_notebook(NOTEBOOKS / "02_pretrain_mlm.ipynb", parameters, tmp_path / "work", venv_kernel)
 

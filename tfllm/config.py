@@ -57,7 +57,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Which checkpoint to start from and how to adapt it."""
-    checkpoint: str = "packaged:minilm-l6"       # packaged:NAME, a local directory, or a hub name
+    checkpoint: str = "packaged:minilm-l6"       # packaged:NAME, a local directory, a hub name, or
+    #                                              scratch (masked_lm only: random initialisation)
     hidden_dropout: Optional[float] = None       # None keeps the checkpoint's value
     attention_dropout: Optional[float] = None
     classifier_dropout: Optional[float] = None

@@ -41,6 +41,9 @@ class LoadReport:
 
 def resolve_checkpoint(spec: str) -> str:
     """A local directory for packaged/local specs; the spec itself for a hub name."""
+    if spec == "scratch":
+        raise TfllmError("model.checkpoint=scratch (random initialisation) is only for "
+                         "train.task=masked_lm; fine-tuning needs a pretrained checkpoint")
     if spec.startswith("packaged:"):
         name = spec[len("packaged:"):]
         if name not in PACKAGED:
