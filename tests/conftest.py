@@ -69,3 +69,36 @@ def tiny_overrides(checkpoint: str, train: Path, dev: Path, out: Path, *extra: s
     return [f"model.checkpoint={checkpoint}", f"data.train_file={train}", f"data.dev_file={dev}",
             f"output_dir={out}", "train.epochs=2", "train.batch_size=8", "train.learning_rate=1e-3",
             "train.log_every=2", "data.max_length=32", *extra]
+
+
+def simulate_kill(run_dir: Path, copy_to: Path, step: int) -> Path:
+    """Copy a finished run as a run killed right after checkpoint ``step`` would have left it."""
+    import shutil
+
+    shutil.copytree(run_dir, copy_to)
+    for path in [copy_to / "model", copy_to / "eval", copy_to / "metrics.json"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for path in (copy_to / "checkpoints").glob("ckpt-*"):
+        if not path.name.startswith(f"ckpt-{step}."):
+            path.unlink()
+    (copy_to / "checkpoints" / "checkpoint").write_text(
+        f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n')
+    return copy_to
+
+
+def assert_same_run(model_class, first: Path, second: Path) -> None:
+    """Both runs saved the same weights (to float error) and the same dev history."""
+    import json
+
+    import numpy as np
+
+    a = model_class.from_pretrained(str(first / "model"))
+    b = model_class.from_pretrained(str(second / "model"))
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6, err_msg=x.name)
+    history = lambda run: json.loads((run / "metrics.json").read_text())["history"]  # noqa: E731
+    for x, y in zip(history(first), history(second), strict=True):
+        assert x == pytest.approx(y)

@@ -1,6 +1,5 @@
 """Masked-LM pretraining: corpora, vocabulary, the model's step, runs, resume, fill-mask, errors."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, assert_same_run, simulate_kill
 from tfllm.config import DataConfig, ModelConfig, load_config
 from tfllm.data.corpus import (Corpus, build_blocks, build_lines, encode_corpus, hold_out,
                                load_corpus_splits, read_corpus, tokenize_documents)
@@ -278,26 +277,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_checkpoint, 
              "train.keep_checkpoints=10", "train.restore_best=false", "train.eval_every=4",
              "data.max_dev_examples=16", "data.whole_word_masking=true"]
     full = run_training(load_config(None, mlm_overrides(austen, tmp_path / "full", *extra)))
-    killed = tmp_path / "killed"
-    shutil.copytree(full, killed)
-    for path in [killed / "model", killed / "metrics.json"]:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for path in (killed / "checkpoints").glob("ckpt-*"):
-        if not path.name.startswith("ckpt-3."):
-            path.unlink()
-    (killed / "checkpoints" / "checkpoint").write_text(
-        'model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
+    killed = simulate_kill(full, tmp_path / "killed", step=3)
     resumed = run_training(load_config(None, mlm_overrides(austen, killed, *extra)), resume=True)
 
     from transformers import TFBertForMaskedLM
 
-    a = TFBertForMaskedLM.from_pretrained(str(full / "model"))
-    b = TFBertForMaskedLM.from_pretrained(str(resumed / "model"))
-    for x, y in zip(a.weights, b.weights):
-        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6, err_msg=x.name)
-    history = lambda run: json.loads((run / "metrics.json").read_text())["history"]  # noqa: E731
-    for x, y in zip(history(full), history(resumed), strict=True):
-        assert x == pytest.approx(y)
+    assert_same_run(TFBertForMaskedLM, full, resumed)
 
 
 def test_nsp_run_reports_nsp_metrics_and_still_starts_a_classifier(tiny_checkpoint, austen, tmp_path):

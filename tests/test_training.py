@@ -1,6 +1,5 @@
 """Training on a tiny random BERT: Keras API, accumulation, resume, NaN guard, freezing, run dir."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import tiny_overrides
+from conftest import assert_same_run, simulate_kill, tiny_overrides
 from tfllm.config import ModelConfig, load_config
 from tfllm.data.pipeline import BatchPlan, make_dataset
 from tfllm.data.tokenization import encode_texts, load_tokenizer
@@ -109,27 +108,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_checkpoint, 
     extra = ["train.checkpoint_every=3", "train.keep_checkpoints=10", "train.restore_best=false"]
     full = run_training(load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "full", *extra)))
     # What a run killed after step 3 leaves behind: checkpoint 3 and nothing later.
-    killed = tmp_path / "killed"
-    shutil.copytree(full, killed)
-    for path in [killed / "model", killed / "eval", killed / "metrics.json"]:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for path in (killed / "checkpoints").glob("ckpt-*"):
-        if not path.name.startswith("ckpt-3."):
-            path.unlink()
-    (killed / "checkpoints" / "checkpoint").write_text(
-        'model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
-    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, killed, *extra))
-    resumed = run_training(cfg, resume=True)
+    killed = simulate_kill(full, tmp_path / "killed", step=3)
+    resumed = run_training(load_config(None, tiny_overrides(tiny_checkpoint, train, dev, killed, *extra)),
+                           resume=True)
 
     from transformers import TFBertForSequenceClassification
 
-    a = TFBertForSequenceClassification.from_pretrained(str(full / "model"))
-    b = TFBertForSequenceClassification.from_pretrained(str(resumed / "model"))
-    for x, y in zip(a.weights, b.weights):
-        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6, err_msg=x.name)
-    history = lambda run: json.loads((run / "metrics.json").read_text())["history"]  # noqa: E731
-    for a, b in zip(history(full), history(resumed), strict=True):
-        assert a == pytest.approx(b)
+    assert_same_run(TFBertForSequenceClassification, full, resumed)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_checkpoint, sentiment_files, tmp_path):
