@@ -102,3 +102,15 @@ def assert_same_run(model_class, first: Path, second: Path) -> None:
     history = lambda run: json.loads((run / "metrics.json").read_text())["history"]  # noqa: E731
     for x, y in zip(history(first), history(second), strict=True):
         assert x == pytest.approx(y)
+
+
+def tensorboard_tags(run_dir: Path) -> dict:
+    """The summary tags written under ``run_dir/tensorboard/{train,dev}``."""
+    import tensorflow as tf
+
+    tags = {"train": set(), "dev": set()}
+    for split in tags:
+        for event_file in (run_dir / "tensorboard" / split).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+                tags[split].update(v.tag for v in event.summary.value)
+    return tags

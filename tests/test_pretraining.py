@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import SHARED_DATA, assert_same_run, simulate_kill
+from conftest import SHARED_DATA, assert_same_run, simulate_kill, tensorboard_tags
 from tfllm.config import DataConfig, ModelConfig, load_config
 from tfllm.data.corpus import (Corpus, build_blocks, build_lines, encode_corpus, hold_out,
                                load_corpus_splits, read_corpus, tokenize_documents)
@@ -208,11 +208,7 @@ def test_scratch_model_loss_falls_and_the_run_directory(scratch_run):
         assert (scratch_run / name).is_file(), name
     config = json.loads((scratch_run / "model" / "config.json").read_text())
     assert config["architectures"] == ["BertForMaskedLM"] and config["hidden_size"] == 64
-    tags = {"train": set(), "dev": set()}
-    for split in tags:
-        for event_file in (scratch_run / "tensorboard" / split).glob("events.out.tfevents.*"):
-            for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-                tags[split].update(v.tag for v in event.summary.value)
+    tags = tensorboard_tags(scratch_run)
     assert {"loss", "perplexity", "accuracy", "learning_rate", "config"} <= tags["train"]
     assert {"loss", "perplexity", "accuracy"} <= tags["dev"]
 

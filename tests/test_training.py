@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import assert_same_run, simulate_kill, tiny_overrides
+from conftest import assert_same_run, simulate_kill, tensorboard_tags, tiny_overrides
 from tfllm.config import ModelConfig, load_config
 from tfllm.data.pipeline import BatchPlan, make_dataset
 from tfllm.data.tokenization import encode_texts, load_tokenizer
@@ -94,11 +94,7 @@ def test_run_directory_and_tensorboard(tiny_checkpoint, sentiment_files, tmp_pat
     hf = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
     assert hf.config.id2label == {0: "neg", 1: "pos"}
 
-    tags = {"train": set(), "dev": set()}
-    for split in tags:
-        for event_file in (run_dir / "tensorboard" / split).glob("events.out.tfevents.*"):
-            for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-                tags[split].update(v.tag for v in event.summary.value)
+    tags = tensorboard_tags(run_dir)
     assert {"loss", "accuracy", "learning_rate", "grad_norm", "config"} <= tags["train"]
     assert {"loss", "accuracy", "macro_f1", "confusion_matrix"} <= tags["dev"]
 
