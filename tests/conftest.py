@@ -13,6 +13,8 @@ import tfllm  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# A small real corpus kept in the repository (the opening of Persuasion; see tests/data/README.md).
+PERSUASION = ROOT / "tests" / "data" / "persuasion_opening.txt"
 sys.path.insert(0, str(ROOT / "tests"))
 
 POSITIVE = ["a wonderful warm film", "great acting and a clever plot", "i loved every minute",

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA
+from conftest import PERSUASION, ROOT
 
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -13,7 +13,7 @@ from test_notebooks import NOTEBOOKS, cell_text, run_notebook, venv_kernel  # no
 
 def test_pretrain_notebook(tiny_checkpoint, tmp_path, venv_kernel):  # noqa: F811
     corpus = tmp_path / "persuasion.txt"
-    lines = (SHARED_DATA / "janeausten" / "persuasion.txt").read_text(encoding="utf-8-sig").splitlines()
+    lines = PERSUASION.read_text(encoding="utf-8").splitlines()
     corpus.write_text("\n".join(lines[:1200]) + "\n", encoding="utf-8")
     runs = tmp_path / "runs"
     parameters = "\n".join([

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import SHARED_DATA, assert_same_run, simulate_kill, tensorboard_tags
+from conftest import PERSUASION, assert_same_run, simulate_kill, tensorboard_tags
 from tfllm.config import DataConfig, ModelConfig, load_config
 from tfllm.data.corpus import (Corpus, build_blocks, build_lines, encode_corpus, hold_out,
                                load_corpus_splits, read_corpus, tokenize_documents)
@@ -23,21 +23,15 @@ from tfllm.models.masked_lm import MaskedLanguageModel, MaskFiller, build_masked
 from tfllm.train import run_training
 from tfllm.training.optimization import make_optimizer
 
-AUSTEN = SHARED_DATA / "janeausten"
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(resolve_checkpoint("packaged:minilm-l6"))
 
 
 @pytest.fixture(scope="module")
-def austen(tmp_path_factory) -> Path:
-    """The first ~1,600 lines of Persuasion (hard-wrapped, paragraphs separated by blank lines)."""
-    path = tmp_path_factory.mktemp("corpus") / "persuasion.txt"
-    lines = (AUSTEN / "persuasion.txt").read_text(encoding="utf-8-sig").splitlines()[:1600]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+def austen() -> Path:
+    """The first 1,600 lines of Persuasion (hard-wrapped, paragraphs separated by blank lines)."""
+    return PERSUASION
 
 
 def mlm_overrides(corpus, out, *extra):
@@ -359,7 +353,7 @@ def test_cli_bad_corpus_is_one_line(tmp_path):
 
 def test_mirrored_two_cpus_matches_single_device(tiny_checkpoint, tmp_path):
     script = Path(__file__).with_name("distributed_mlm_check.py")
-    done = subprocess.run([sys.executable, str(script), tiny_checkpoint, str(AUSTEN / "persuasion.txt"),
+    done = subprocess.run([sys.executable, str(script), tiny_checkpoint, str(PERSUASION),
                            str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
