@@ -136,8 +136,13 @@ def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_
     interpreter = Interpreter(model_path=str(path))
     ops = {d["op_name"] for d in interpreter._get_ops_details()}
     assert "FAKE_QUANT" not in ops  # folded into int8 tensors
-    int8_tensors = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.int8]
-    assert len(int8_tensors) >= 12 * 2  # at least the int8 kernels and their inputs
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    fully_connected = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    # every encoder Dense (2 layers x 6) runs int8 x int8: its kernel is stored as int8, not float32
+    int8_fc = [op for op in fully_connected
+               if tensors[op["inputs"][0]]["dtype"] == np.int8 and tensors[op["inputs"][1]]["dtype"] == np.int8]
+    assert len(int8_fc) >= 12, [(tensors[op["inputs"][1]]["name"], tensors[op["inputs"][1]]["dtype"])
+                                for op in fully_connected]
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["quantize"] == "qat" and meta["input_dtypes"]["input_ids"] == "int32"
 

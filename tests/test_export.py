@@ -86,14 +86,24 @@ def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
     assert sizes["int8"] < 0.4 * sizes["none"] and sizes["float16"] < 0.6 * sizes["none"]
 
 
-def test_int8_output_type_follows_the_config(run, sample, tmp_path):
+def op_output_dtypes(interpreter) -> dict:
+    """``{TFLite op name: set of its output tensors' dtypes}`` over the whole model."""
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    out = {}
+    for op in interpreter._get_ops_details():
+        out.setdefault(op["op_name"], set()).update(tensors[i] for i in op["outputs"] if i in tensors)
+    return out
+
+
+@pytest.mark.parametrize("float_ops", [["layer_norm"], []], ids=["layer_norm_float", "full_integer"])
+def test_int8_float_ops_and_output_type_follow_the_config(run, sample, tmp_path, float_ops):
     from tfllm.export.tflite import TFLiteClassifier, export_tflite
 
     texts, keras = sample
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "checkpoints", "tensorboard"))
     config = yaml.safe_load((copy / "config.yaml").read_text())
-    config["compression"]["int8"]["output_type"] = "int8"
+    config["compression"]["int8"].update(output_type="int8", float_ops=float_ops)
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     path = export_tflite(copy, "int8")
 
@@ -102,8 +112,15 @@ def test_int8_output_type_follows_the_config(run, sample, tmp_path):
     interpreter = Interpreter(model_path=str(path))
     assert {d["dtype"] for d in interpreter.get_input_details()} == {np.int32}
     assert [d["dtype"] for d in interpreter.get_output_details()] == [np.int8]
+    dtypes = op_output_dtypes(interpreter)
+    assert dtypes["FULLY_CONNECTED"] == {np.int8}
+    # LayerNorm's mean / variance / rsqrt: float32 when kept float, int8 in a full-integer model
+    expected = {np.float32} if float_ops else {np.int8}
+    for op in ("MEAN", "SQUARED_DIFFERENCE", "RSQRT"):
+        assert dtypes[op] == expected, (op, dtypes[op])
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["output_dtype"] == "int8" and meta["output_quantization"]["scale"] > 0
+    assert meta["float_ops"] == float_ops
     lite = TFLiteClassifier.load(path).logits(texts)  # dequantized
     assert np.mean(lite.argmax(-1) == keras.argmax(-1)) >= 0.95
 

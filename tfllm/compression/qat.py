@@ -17,9 +17,9 @@ the Dense layers inside the encoder are wrapped one by one, in place:
 * :func:`unwrap` puts the plain Dense layers back (``model/`` stays an ordinary transformers
   checkpoint) and returns the learned ranges; :func:`rewrap` re-creates the wrappers on a loaded
   model and restores those ranges, so the exporter can build the fake-quant graph that the
-  TFLite converter turns into int8 activations with those ranges (``--quantize qat``). Known
-  limitation: the kernels' fake-quant is not folded (Dense runs ``tensordot``), so the kernels
-  stay float32 in the .tflite file: accurate and fast, but not smaller.
+  TFLite converter turns into an int8 model with those ranges (``--quantize qat``). The wrapper
+  runs its Dense on 2-D inputs (one MatMul), so the converter folds each kernel's fake-quant
+  into int8 weights (through ``tensordot``'s reshapes it would keep them float32).
 """
 from __future__ import annotations
 
@@ -121,7 +121,16 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
         if training is None:
             training = tf_keras.backend.learning_phase()
         inputs = self._input_quantizer(inputs, training, self._input_quantizer_vars)
-        return super().call(inputs, training=training, **kwargs)
+        # Dense on a [batch, seq, in] input runs tensordot, whose reshapes sit between the kernel's
+        # FakeQuant and the MatMul, and the TFLite converter then keeps the kernel float32. On a
+        # 2-D input Dense is one MatMul of the fake-quantised kernel: the converter folds it to int8.
+        leading = tf.shape(inputs)[:-1]
+        flat = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        outputs = super().call(flat, training=training, **kwargs)
+        units = outputs.shape[-1]
+        outputs = tf.reshape(outputs, tf.concat([leading, [units]], 0))
+        outputs.set_shape(inputs.shape[:-1].concatenate([units]))
+        return outputs
 
 
 def dense_slots(hf_model, groups: Sequence[str]) -> list[tuple[str, object, str]]:

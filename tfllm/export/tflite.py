@@ -88,13 +88,22 @@ def concrete_serving(hf_model):
     return traced
 
 
+# TFLite ops of each op group that int8 export can leave in float (compression.int8.float_ops)
+FLOAT_OP_GROUPS = {"layer_norm": ["MEAN", "SQUARED_DIFFERENCE", "RSQRT"], "softmax": ["SOFTMAX"],
+                   "gelu": ["GELU"]}
+
+
 def convert(hf_model, mode: str, representative: Optional[list] = None,
-            output_type: str = "float32") -> bytes:
+            output_type: str = "float32", float_ops: Sequence[str] = ()) -> bytes:
     """The TFLite flatbuffer of ``hf_model`` (for ``qat`` a model with fake-quant wrappers).
 
-    int8 is full-integer (every op int8, ``TFLITE_BUILTINS_INT8``); if the converter finds an op
-    without an int8 kernel it retries allowing float fallback for that op, with a warning.
+    int8 quantises weights and activations with ranges calibrated on ``representative``. With
+    ``float_ops`` (groups of :data:`FLOAT_OP_GROUPS`) those ops stay float32 and the converter
+    puts quantize/dequantize around them (TFLite's selective quantisation). Without, the model is full-integer (``TFLITE_BUILTINS_INT8``); if an
+    op has no int8 kernel the conversion is retried with float fallback for it, with a warning.
     """
+    if mode == "int8" and float_ops:
+        return _convert_selective(hf_model, representative, output_type, float_ops)
     try:
         return _convert(hf_model, mode, representative, output_type, strict_int8=True)
     except TfllmError as e:
@@ -104,7 +113,48 @@ def convert(hf_model, mode: str, representative: Optional[list] = None,
         return _convert(hf_model, mode, representative, output_type, strict_int8=False)
 
 
+def _convert_selective(hf_model, representative, output_type, float_ops) -> bytes:
+    """int8 with ``float_ops`` left float: calibrate, then quantise with those ops denylisted.
+
+    This is the route of TF's documented selective quantisation (``QuantizationDebugger`` with
+    ``denylisted_ops``), called directly so that it also honours the output type and skips the
+    debugger's instrumented model. ``mlir_quantize`` is TF-internal: TF is pinned to a minor.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+
+    unknown = sorted(set(float_ops) - set(FLOAT_OP_GROUPS))
+    if unknown:
+        raise TfllmError(f"config key compression.int8.float_ops: unknown {unknown} "
+                         f"(choose from {', '.join(FLOAT_OP_GROUPS)})")
+    converter = _converter(hf_model, "int8", representative, output_type, strict_int8=False)
+    converter.experimental_new_quantizer = True
+    converter._experimental_calibrate_only = True
+    try:
+        calibrated = converter.convert()
+        return tflite_convert.mlir_quantize(
+            calibrated, disable_per_channel=converter._experimental_disable_per_channel,
+            input_data_type=tf.float32, output_data_type=tf.int8 if output_type == "int8" else tf.float32,
+            denylisted_ops=[op for group in float_ops for op in FLOAT_OP_GROUPS[group]])
+    except Exception as e:  # as in _convert: the converter's errors come with long logs
+        raise TfllmError(f"TFLite conversion (int8, float {', '.join(float_ops)}) failed: "
+                         f"{_first_line(e)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _convert(hf_model, mode, representative, output_type, strict_int8) -> bytes:
+    converter = _converter(hf_model, mode, representative, output_type, strict_int8)
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError / ValueError with long logs
+        raise TfllmError(f"TFLite conversion ({mode}) failed: {_first_line(e)}") from None
+
+
+def _converter(hf_model, mode, representative, output_type, strict_int8):
     import tensorflow as tf
 
     check_mode(mode)
@@ -129,11 +179,7 @@ def _convert(hf_model, mode, representative, output_type, strict_int8) -> bytes:
         # ops without ranges (LayerNorm, softmax, the embeddings) stay float.
         if output_type == "int8" and mode == "int8":
             converter.inference_output_type = tf.int8
-    try:
-        return converter.convert()
-    except Exception as e:  # the converter raises ConverterError / ValueError with long logs
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TfllmError(f"TFLite conversion ({mode}) failed: {first}") from None
+    return converter
 
 
 def load_run(run_dir: str | Path):
@@ -189,9 +235,12 @@ def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str
 
             model = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
         model = qat_model(run_dir, model)
-    output_type = cfg.compression.int8.output_type if mode == "int8" else "float32"
-    log.info("converting %s to TFLite (%s)", run_dir, mode)
-    flatbuffer = convert(model, mode, representative, output_type)
+    int8 = cfg.compression.int8
+    output_type = int8.output_type if mode == "int8" else "float32"
+    float_ops = list(int8.float_ops) if mode == "int8" else []
+    log.info("converting %s to TFLite (%s%s)", run_dir, mode,
+             f", float32 {' / '.join(float_ops)}" if float_ops else "")
+    flatbuffer = convert(model, mode, representative, output_type, float_ops)
     path = out_dir / model_filename(mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -210,6 +259,7 @@ def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> di
     scale, zero_point = logits.get("quantization", (0.0, 0))
     return {
         "format": "tflite", "file": path.name, "quantize": mode,
+        "float_ops": list(cfg.compression.int8.float_ops) if mode == "int8" else None,
         "input_tensors": {name: inputs[name]["name"] for name in INPUT_NAMES},
         "output_tensor": logits["name"],
         "labels": list(labels), "max_length": int(cfg.data.max_length),
