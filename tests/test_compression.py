@@ -143,6 +143,9 @@ def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_
                if tensors[op["inputs"][0]]["dtype"] == np.int8 and tensors[op["inputs"][1]]["dtype"] == np.int8]
     assert len(int8_fc) >= 12, [(tensors[op["inputs"][1]]["name"], tensors[op["inputs"][1]]["dtype"])
                                 for op in fully_connected]
+    # and the word-embedding table is stored as int8 too (fake-quantised at export)
+    gathers = [tensors[op["inputs"][0]] for op in interpreter._get_ops_details() if op["op_name"] == "GATHER"]
+    assert any(t["dtype"] == np.int8 and t["shape"][0] >= 30000 for t in gathers), gathers
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["quantize"] == "qat" and meta["input_dtypes"]["input_ids"] == "int32"
 

@@ -7,7 +7,9 @@ the Dense layers inside the encoder are wrapped one by one, in place:
 * every attention Q/K/V/output and feed-forward in/out ``Dense`` of the HF model is replaced by a
   :class:`DenseQuantizeWrapper` (a ``QuantizeWrapperV2``) with :class:`DenseQuantizeConfig`:
   8-bit symmetric per-tensor fake-quant of the kernel (``LastValueQuantizer``, as TF-MOT's
-  default Dense config) and 8-bit fake-quant of the layer's output; the wrapper also
+  default Dense config; per-channel, as post-training int8 uses, fails in the converter: the
+  kernel's quantized axis does not survive its transpose to FULLY_CONNECTED's layout) and
+  8-bit fake-quant of the layer's output; the wrapper also
   fake-quantises the layer's *input*, since in BERT the Dense inputs come from LayerNorm,
   attention or GELU, which are not quantised layers (an int8 FULLY_CONNECTED needs an input scale);
 * activation ranges use :class:`EmaRangeQuantizer`: the first training batch sets the range, then
@@ -218,6 +220,29 @@ def rewrap(hf_model, groups: Sequence[str], learned: dict) -> list:
             if name in values:
                 variable.assign(np.asarray(values[name], dtype=variable.dtype.as_numpy_dtype))
     return wrapped
+
+
+def fake_quantize_embeddings(hf_model) -> float:
+    """Make ``hf_model``'s word-embedding lookup read an 8-bit fake-quantised table (symmetric,
+    per tensor, range = the table's largest magnitude), so the QAT export stores it as int8 like
+    the kernels; the table is not trained with it (as in dynamic-range export). Returns the range.
+    For export only: it patches the embeddings layer's ``call`` in place."""
+    main = hf_model.bert if hasattr(hf_model, "bert") else hf_model
+    embeddings = main.embeddings
+    bound = float(np.max(np.abs(embeddings.weight.numpy())))
+    plain_call = embeddings.call
+
+    def call(*args, **kwargs):
+        table = embeddings.weight
+        embeddings.weight = tf.quantization.fake_quant_with_min_max_args(
+            table, min=-bound, max=bound, num_bits=8, narrow_range=True)
+        try:
+            return plain_call(*args, **kwargs)
+        finally:
+            embeddings.weight = table
+
+    embeddings.call = call
+    return bound
 
 
 class QATClassifier(BertClassifier):

@@ -213,6 +213,7 @@ def qat_model(run_dir: Path, hf_model):
         raise TfllmError(f"--quantize qat needs a run trained with compression.qat.enabled=true; "
                          f"{run_dir} has no QAT ranges (use --quantize int8 for post-training int8)")
     qat.rewrap(hf_model, info["layers"], info["ranges"])
+    qat.fake_quantize_embeddings(hf_model)
     return hf_model
 
 
