@@ -66,6 +66,8 @@ def parse_args(argv=None):
                         help="read only the first N reviews of unsup.txt (default: all 50,000)")
     parser.add_argument("--max-length", type=int, default=128, help="MLM block length")
     parser.add_argument("--skip-scratch", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs already in --out (same names) instead of retraining")
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (not a measurement)")
     parser.add_argument("--out", default="/tmp/tfllm-pretrain-bench")
     args = parser.parse_args(argv)
@@ -105,6 +107,15 @@ def finetune_config(args, name: str, checkpoint: str) -> Config:
     return load_config(None, overrides)
 
 
+def train(cfg: Config, reuse: bool) -> Path:
+    """Train ``cfg``'s run, or with ``reuse`` return it as it is if it already finished."""
+    run_dir = cfg.run_dir
+    if reuse and (run_dir / "model" / "tf_model.h5").is_file() and (run_dir / "metrics.json").is_file():
+        log.info("reusing %s", run_dir)
+        return run_dir
+    return run_training(cfg, overwrite=True)
+
+
 def throughput(run_dir: Path, cfg: Config) -> float:
     """Training examples/s from TensorBoard, without windows that held an evaluation or a save."""
     rates = common.read_scalars(run_dir / "tensorboard" / "train", "examples_per_sec")
@@ -131,11 +142,11 @@ def main(argv=None) -> None:
     args.dev_fraction = head_cfg.data.dev_fraction
     fresh = heldout_metrics(head_cfg)
     log.info("held-out, packaged encoder + fresh head: %s", fresh)
-    head_dir = run_training(head_cfg, overwrite=True)
+    head_dir = train(head_cfg, args.reuse)
     before = heldout_metrics(head_cfg, str(head_dir))
     log.info("held-out, packaged encoder + fitted head: %s", before)
     cont_cfg = mlm_config(args, "continue", args.continue_steps, [f"model.checkpoint={head_dir}"])
-    cont_dir = run_training(cont_cfg, overwrite=True)
+    cont_dir = train(cont_cfg, args.reuse)
     after = heldout_metrics(cont_cfg, str(cont_dir))
     log.info("held-out after: %s", after)
     cont_rate = throughput(cont_dir, cont_cfg) * args.max_length
@@ -143,14 +154,14 @@ def main(argv=None) -> None:
     # 2. fine-tuning from (a) the packaged checkpoint and (b) the continued one
     finetuned = {}
     for key, checkpoint in (("packaged", "packaged:minilm-l6"), ("continued", str(cont_dir))):
-        run = run_training(finetune_config(args, f"finetune_{key}", checkpoint), overwrite=True)
+        run = train(finetune_config(args, f"finetune_{key}", checkpoint), args.reuse)
         finetuned[key] = json.loads((run / "metrics.json").read_text())
 
     # 3. from scratch
     scratch = None
     if not args.skip_scratch:
         scratch_cfg = mlm_config(args, "scratch", args.scratch_steps)
-        scratch_dir = run_training(scratch_cfg, overwrite=True)
+        scratch_dir = train(scratch_cfg, args.reuse)
         losses = common.read_scalars(scratch_dir / "tensorboard" / "train", "loss")
         metrics = json.loads((scratch_dir / "metrics.json").read_text())
         scratch = {"curve": losses, "dev": metrics["dev"], "history": metrics["history"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import logging
 import os
 import time
@@ -87,6 +88,17 @@ def row_metrics(logits: np.ndarray, labels: np.ndarray, reference: Optional[np.n
     return out
 
 
+def export_is_current(path: Path, run_dir: Path, cfg, mode: str) -> bool:
+    """Whether ``path`` was exported from the run's current model with its current int8 settings."""
+    meta_file = path.with_suffix(".json")
+    if not path.is_file() or not meta_file.is_file():
+        return False
+    if path.stat().st_mtime < (run_dir / "model" / "tf_model.h5").stat().st_mtime:
+        return False
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    return meta.get("float_ops") == (list(cfg.compression.int8.float_ops) if mode == "int8" else None)
+
+
 def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int] = None,
                 latency_examples: int = 100, modes: Optional[Sequence[str]] = None,
                 export_dir: Optional[str] = None, calibration_data: Optional[str] = None,
@@ -127,7 +139,7 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
              "latency_p50_ms": percentile(keras_times, 50), "latency_p95_ms": percentile(keras_times, 95)}]
     for mode in modes:
         path = out_dir / model_filename(mode)
-        if not path.is_file() or path.stat().st_mtime < (run_dir / "model" / "tf_model.h5").stat().st_mtime:
+        if not export_is_current(path, run_dir, cfg, mode):
             export_tflite(run_dir, mode, out_dir, calibration_data, loaded)
         runner = TFLiteClassifier.load(path, num_threads)
         logits = runner.logits(texts, pairs)
