@@ -218,3 +218,19 @@ def test_bad_input_fails_with_one_line(run, tmp_path, capsys):
     with pytest.raises(TfllmError, match="49 tokens is longer than the exported max length 48"):
         runner.run(too_long)
     assert runner.logits(["word " * 200]).shape == (1, 2)  # texts are truncated like in training
+
+
+def test_compare_reuses_current_exports_and_redoes_stale_ones(run, tmp_path):
+    from tfllm.compare import export_is_current
+    from tfllm.export.tflite import export_tflite
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "checkpoints", "tensorboard"))
+    cfg = load_config(copy / "config.yaml")
+    path = export_tflite(copy, "int8")
+    assert export_is_current(path, copy, cfg, "int8")
+    # the same run asked for full-integer int8: the LayerNorm-float export no longer matches
+    full = load_config(copy / "config.yaml", ["compression.int8.float_ops=[]"])
+    assert not export_is_current(path, copy, full, "int8")
+    (copy / "model" / "tf_model.h5").touch()  # a retrained model makes every export stale
+    assert not export_is_current(path, copy, cfg, "int8")
