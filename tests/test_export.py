@@ -95,7 +95,7 @@ def op_output_dtypes(interpreter) -> dict:
     return out
 
 
-@pytest.mark.parametrize("float_ops", [["layer_norm"], []], ids=["layer_norm_float", "full_integer"])
+@pytest.mark.parametrize("float_ops", [["layer_norm", "elementwise"], []], ids=["default", "full_integer"])
 def test_int8_float_ops_and_output_type_follow_the_config(run, sample, tmp_path, float_ops):
     from tfllm.export.tflite import TFLiteClassifier, export_tflite
 
@@ -116,7 +116,7 @@ def test_int8_float_ops_and_output_type_follow_the_config(run, sample, tmp_path,
     assert dtypes["FULLY_CONNECTED"] == {np.int8}
     # LayerNorm's mean / variance / rsqrt: float32 when kept float, int8 in a full-integer model
     expected = {np.float32} if float_ops else {np.int8}
-    for op in ("MEAN", "SQUARED_DIFFERENCE", "RSQRT"):
+    for op in ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "ADD", "MUL"):
         assert dtypes[op] == expected, (op, dtypes[op])
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["output_dtype"] == "int8" and meta["output_quantization"]["scale"] > 0

@@ -89,8 +89,10 @@ def concrete_serving(hf_model):
 
 
 # TFLite ops of each op group that int8 export can leave in float (compression.int8.float_ops)
-FLOAT_OP_GROUPS = {"layer_norm": ["MEAN", "SQUARED_DIFFERENCE", "RSQRT"], "softmax": ["SOFTMAX"],
-                   "gelu": ["GELU"]}
+# ("elementwise": LayerNorm's scale and shift, the residual additions and the attention-mask add;
+# TFLite's selective quantisation goes by op type, so they go together.)
+FLOAT_OP_GROUPS = {"layer_norm": ["MEAN", "SQUARED_DIFFERENCE", "RSQRT"], "elementwise": ["ADD", "MUL", "SUB"],
+                   "softmax": ["SOFTMAX"], "gelu": ["GELU"]}
 
 
 def convert(hf_model, mode: str, representative: Optional[list] = None,
