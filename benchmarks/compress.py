@@ -132,7 +132,8 @@ def main(argv=None):
     parser.add_argument("--compress-steps", type=int, default=1000, help="steps of each compression phase")
     parser.add_argument("--dev-examples", type=int, default=None, help="dev phrases evaluated (default all)")
     parser.add_argument("--latency-examples", type=int, default=200, help="phrases timed per variant")
-    parser.add_argument("--retrain", action="store_true", help="retrain compression runs that exist")
+    parser.add_argument("--retrain", action="store_true",
+                        help="retrain compression runs that exist (default: reuse them, whatever their steps)")
     args = parser.parse_args(argv)
     setup_logging()
     started = time.time()
@@ -202,8 +203,10 @@ def main(argv=None):
         "50% pruned within 1.0 point of dense": values["fp32_acc"] - values["pruned50_acc"] <= 1.0,
     }
     lines = [table, "", f"{report['examples']} dev phrases; latency over {report['latency_examples']} "
-             f"phrases at batch 1; compression phases {args.compress_steps} steps from {base}",
-             f"int8 (PTQ) keeps LayerNorm in float (compression.int8.float_ops, the default); "
+             f"phrases at batch 1; compression phases from {base}: " + ", ".join(
+                 f"{name} {json.loads((run / 'metrics.json').read_text())['steps']} steps"
+                 for name, run in (("50% pruning", pruned50), ("80% pruning", pruned80), ("QAT", qat))),
+             f"int8 (PTQ) keeps LayerNorm and the elementwise ops in float (compression.int8.float_ops, the default); "
              f"full-integer quantises it too.",
              f"One feed-forward matmul (128x384 by 384x1536) alone in LiteRT, 1 thread: FP32 "
              f"{gemm['fp32']:.2f} ms, int8 {gemm['int8']:.2f} ms ({gemm['fp32'] / gemm['int8']:.2f}x): "
