@@ -135,13 +135,18 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
         return outputs
 
 
+def _main_layer(hf_model):
+    """The ``TFBertMainLayer`` of a HF BERT task model (or the main layer itself)."""
+    return hf_model.bert if hasattr(hf_model, "bert") else hf_model
+
+
 def dense_slots(hf_model, groups: Sequence[str]) -> list[tuple[str, object, str]]:
     """``(key, parent layer, attribute)`` of every Dense to quantise, in encoder order."""
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise TfllmError(f"config key compression.qat.layers: {sorted(unknown)} cannot be "
                          f"quantised this way (choose from {', '.join(GROUPS)})")
-    main = hf_model.bert if hasattr(hf_model, "bert") else hf_model
+    main = _main_layer(hf_model)
     slots = []
     for i, layer in enumerate(main.encoder.layer):
         if "attention" in groups:
@@ -227,8 +232,7 @@ def fake_quantize_embeddings(hf_model) -> float:
     per tensor, range = the table's largest magnitude), so the QAT export stores it as int8 like
     the kernels; the table is not trained with it (as in dynamic-range export). Returns the range.
     For export only: it patches the embeddings layer's ``call`` in place."""
-    main = hf_model.bert if hasattr(hf_model, "bert") else hf_model
-    embeddings = main.embeddings
+    embeddings = _main_layer(hf_model).embeddings
     bound = float(np.max(np.abs(embeddings.weight.numpy())))
     plain_call = embeddings.call
 

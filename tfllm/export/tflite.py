@@ -101,8 +101,9 @@ def convert(hf_model, mode: str, representative: Optional[list] = None,
 
     int8 quantises weights and activations with ranges calibrated on ``representative``. With
     ``float_ops`` (groups of :data:`FLOAT_OP_GROUPS`) those ops stay float32 and the converter
-    puts quantize/dequantize around them (TFLite's selective quantisation). Without, the model is full-integer (``TFLITE_BUILTINS_INT8``); if an
-    op has no int8 kernel the conversion is retried with float fallback for it, with a warning.
+    puts quantize/dequantize around them (TFLite's selective quantisation). Without, the model
+    is full-integer (``TFLITE_BUILTINS_INT8``); if an op has no int8 kernel the conversion is
+    retried with float fallback for it, with a warning.
     """
     if mode == "int8" and float_ops:
         return _convert_selective(hf_model, representative, output_type, float_ops)
