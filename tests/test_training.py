@@ -111,6 +111,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_checkpoint, 
     from transformers import TFBertForSequenceClassification
 
     assert_same_run(TFBertForSequenceClassification, full, resumed)
+    # restore_best off: the last step's dev evaluation is the final report's, not a second pass
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == [8, 16]
+    assert metrics["history"][-1]["accuracy"] == metrics["dev"]["accuracy"]
+    assert "macro_f1" in metrics["history"][-1]
+    assert "macro_f1" in tensorboard_tags(full)["dev"]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_checkpoint, sentiment_files, tmp_path):

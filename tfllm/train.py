@@ -89,7 +89,7 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
     data.label_map.save(run_dir / "label_map.json")
     trainer = Trainer(model, compression.train_config(cfg.train), run_dir, strategy, data.label_map.names,
                       cfg.data.pad_to_multiple_of, restore_dir=cfg.run_dir / "checkpoints",
-                      step_callbacks=compression.step_callbacks)
+                      step_callbacks=compression.step_callbacks, final_eval_follows=True)
     state = trainer.fit(data.train, data.dev, resume=resume,
                         config_text=(run_dir / "config.yaml").read_text())
     model = compression.finish(run_dir, state.step)  # wrappers stripped: a plain BERT is saved
@@ -177,13 +177,18 @@ def finish_classification(run_dir: Path, cfg: Config, model, data: Classificatio
     """Final dev evaluation: reports under ``eval/dev``, ``metrics.json``, the printed report."""
     from tfllm.evaluate import print_metrics, write_evaluation
     from tfllm.predict import Classifier
+    from tfllm.training.reporting import write_dev_scalars
 
     dev = data.splits.dev
     classifier = Classifier(run_dir, model, data.tokenizer, data.label_map.names, cfg.data.max_length, cfg)
     labels = data.label_map.encode(dev.labels, dev.source)
     metrics = write_evaluation(run_dir / "eval" / "dev", dev, classifier.logits(dev.texts, dev.pairs),
                                labels, data.label_map.names)
-    summary = {"dev": {k: v for k, v in metrics.items() if k not in ("report", "confusion_matrix")},
+    final = {k: v for k, v in metrics.items() if k not in ("report", "confusion_matrix")}
+    if not state.history or state.history[-1]["step"] != state.step:  # the Trainer left it to us
+        write_dev_scalars(run_dir, state.step, final)
+        state.history.append({"step": state.step, **final})
+    summary = {"dev": final,
                "steps": state.step, "best_step": state.best_step, "stopped_early": state.stopped_early,
                "train_seconds": round(seconds, 1), "history": state.history}
     io.write_json(run_dir / "metrics.json", summary)

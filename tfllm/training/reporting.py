@@ -64,6 +64,13 @@ class RunReporter:
         self.dev_writer.close()
 
 
+def write_dev_scalars(run_dir: Path, step: int, metrics: dict) -> None:
+    """Add one step's dev scalars to ``run_dir/tensorboard/dev`` (e.g. the final evaluation)."""
+    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "dev"))
+    RunReporter._scalars(writer, step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    writer.close()
+
+
 def _fmt(value) -> str:
     value = float(value)
     return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
