@@ -17,8 +17,9 @@ Three parts, all through tfllm's own entry points (``run_training``, ``heldout_m
    on the same held-out reviews (2% of the documents, never trained on) with the same masks.
 2. **Fine-tuning** on the same seeded 2,000-review subset of IMDB train, evaluated on the 5,000
    reviews of ``imdb/test_5k.tsv``: (a) from the packaged MiniLM, (b) from the continued run.
-   Same config, seed and budget (2 epochs, batch 16, max_length 128, lr 5e-5, no best-checkpoint
-   selection: the test set is only evaluated, never used to choose).
+   Same config and budget (2 epochs, batch 16, max_length 128, lr 5e-5, no best-checkpoint
+   selection: the test set is only evaluated, never used to choose), once per seed of
+   ``--finetune-seeds`` (default three: one seed's difference is within the test set's noise).
 3. **From scratch**: ``configs/mlm_scratch_tiny.yaml`` (an 8,000-token WordPiece vocabulary trained
    on the corpus, BERT-tiny 2x128) on the same corpus: the training-loss curve (TensorBoard
    scalars) and training throughput in tokens/s (from the Trainer's ``examples_per_sec`` over
@@ -57,9 +58,11 @@ def parse_args(argv=None):
     parser.add_argument("--head-steps", type=int, default=300,
                         help="steps fitting the MLM head on the frozen packaged encoder (batch 32)")
     parser.add_argument("--continue-steps", type=int, default=300, help="continued-MLM steps (batch 32)")
-    parser.add_argument("--scratch-steps", type=int, default=1500, help="from-scratch steps (batch 64)")
+    parser.add_argument("--scratch-steps", type=int, default=600, help="from-scratch steps (batch 64)")
     parser.add_argument("--finetune-examples", type=int, default=2000)
     parser.add_argument("--finetune-epochs", type=float, default=2.0)
+    parser.add_argument("--finetune-seeds", default="13,14,15",
+                        help="comma-separated seeds; (a) and (b) are fine-tuned once per seed (paired)")
     parser.add_argument("--test-examples", type=int, default=None,
                         help="evaluate on a seeded subset of test_5k (default: all 5,000)")
     parser.add_argument("--max-documents", type=int, default=None,
@@ -74,6 +77,7 @@ def parse_args(argv=None):
     if args.quick:
         args.head_steps, args.continue_steps, args.scratch_steps = 8, 12, 30
         args.finetune_examples, args.finetune_epochs = 64, 1.0
+        args.finetune_seeds = args.finetune_seeds.split(",")[0]
         args.test_examples = args.test_examples or 128
         args.max_documents = args.max_documents or 600
         args.max_length = min(args.max_length, 64)
@@ -93,7 +97,7 @@ def mlm_config(args, name: str, steps: int, extra=()) -> Config:
     return load_config(CONFIGS / config, overrides)
 
 
-def finetune_config(args, name: str, checkpoint: str) -> Config:
+def finetune_config(args, name: str, checkpoint: str, seed: int) -> Config:
     steps = math.ceil(args.finetune_epochs * math.ceil(args.finetune_examples / 16))
     overrides = [f"name={name}", f"output_dir={Path(args.out) / name}", f"model.checkpoint={checkpoint}",
                  f"data.train_file={IMDB / 'train.tsv'}", f"data.dev_file={IMDB / 'test_5k.tsv'}",
@@ -101,7 +105,7 @@ def finetune_config(args, name: str, checkpoint: str) -> Config:
                  f"data.max_train_examples={args.finetune_examples}", "data.max_length=128",
                  f"train.epochs={args.finetune_epochs}", "train.batch_size=16", "train.learning_rate=5e-5",
                  "train.warmup_ratio=0.1", f"train.eval_every={steps}", "train.restore_best=false",
-                 f"train.log_every={max(1, min(25, steps // 10))}", "train.seed=13"]
+                 f"train.log_every={max(1, min(25, steps // 10))}", f"train.seed={seed}"]
     if args.test_examples:
         overrides.append(f"data.max_dev_examples={args.test_examples}")
     return load_config(None, overrides)
@@ -152,10 +156,11 @@ def main(argv=None) -> None:
     cont_rate = throughput(cont_dir, cont_cfg) * args.max_length
 
     # 2. fine-tuning from (a) the packaged checkpoint and (b) the continued one
-    finetuned = {}
-    for key, checkpoint in (("packaged", "packaged:minilm-l6"), ("continued", str(cont_dir))):
-        run = train(finetune_config(args, f"finetune_{key}", checkpoint), args.reuse)
-        finetuned[key] = json.loads((run / "metrics.json").read_text())
+    finetuned = {"packaged": [], "continued": []}
+    for seed in (int(s) for s in args.finetune_seeds.split(",")):
+        for key, checkpoint in (("packaged", "packaged:minilm-l6"), ("continued", str(cont_dir))):
+            run = train(finetune_config(args, f"finetune_{key}_s{seed}", checkpoint, seed), args.reuse)
+            finetuned[key].append(dict(json.loads((run / "metrics.json").read_text())["dev"], seed=seed))
 
     # 3. from scratch
     scratch = None
@@ -174,7 +179,8 @@ def main(argv=None) -> None:
 
 
 def report(args, fresh, before, after, cont_rate, finetuned, scratch, seconds):
-    a, b = finetuned["packaged"]["dev"], finetuned["continued"]["dev"]
+    a, b = finetuned["packaged"], finetuned["continued"]
+    mean = lambda runs, key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
     rows = [[f"held-out perplexity (IMDB unsup, {args.dev_fraction:.0%} of reviews)", f"{fresh['perplexity']:.0f}",
              f"{before['perplexity']:.2f}", f"{after['perplexity']:.2f}"],
             ["held-out masked-token accuracy", f"{fresh['accuracy']:.3f}", f"{before['accuracy']:.3f}",
@@ -182,17 +188,24 @@ def report(args, fresh, before, after, cont_rate, finetuned, scratch, seconds):
             ["continued-MLM training throughput (tokens/s)", "", "", f"{cont_rate:.0f}"]]
     columns = ["", "packaged, fresh head", f"before: packaged, head fitted ({args.head_steps} steps)",
                f"after: continued ({args.continue_steps} steps)"]
+    seed_rows = [[f"seed {x['seed']}", f"{x['accuracy']:.4f}", f"{y['accuracy']:.4f}",
+                  f"{100 * (y['accuracy'] - x['accuracy']):+.2f}", f"{x['macro_f1']:.4f}", f"{y['macro_f1']:.4f}"]
+                 for x, y in zip(a, b)]
+    delta = mean(b, "accuracy") - mean(a, "accuracy")
+    seed_rows.append([f"mean of {len(a)}", f"{mean(a, 'accuracy'):.4f}", f"{mean(b, 'accuracy'):.4f}",
+                      f"{100 * delta:+.2f}", f"{mean(a, 'macro_f1'):.4f}", f"{mean(b, 'macro_f1'):.4f}"])
+    wins = sum(y["accuracy"] >= x["accuracy"] for x, y in zip(a, b))
     lines = [f"## Continued pretraining ({args.continue_steps} steps x 32 blocks of {args.max_length})", "",
              common.markdown_table(columns, rows), "",
-             f"## IMDB fine-tuning ({args.finetune_examples} train reviews, {a['examples']} test reviews)", "",
-             common.markdown_table(["start", "test accuracy", "macro-F1", "loss"],
-                                   [["(a) packaged MiniLM", f"{a['accuracy']:.4f}", f"{a['macro_f1']:.4f}", f"{a['loss']:.4f}"],
-                                    ["(b) continued MiniLM", f"{b['accuracy']:.4f}", f"{b['macro_f1']:.4f}", f"{b['loss']:.4f}"]])]
+             f"## IMDB fine-tuning ({args.finetune_examples} train reviews, {a[0]['examples']} test reviews)", "",
+             common.markdown_table(["", "(a) packaged: accuracy", "(b) continued: accuracy", "(b) - (a), points",
+                                    "(a) macro-F1", "(b) macro-F1"], seed_rows), "",
+             f"(b) at least as accurate as (a) with {wins} of {len(a)} seeds"]
     values = dict(ppl_fresh_head=fresh["perplexity"], ppl_before=before["perplexity"], ppl_after=after["perplexity"],
                   ppl_ratio=after["perplexity"] / before["perplexity"],
                   mlm_acc_before=before["accuracy"], mlm_acc_after=after["accuracy"],
-                  continue_tokens_per_s=cont_rate, acc_packaged=a["accuracy"], acc_continued=b["accuracy"],
-                  acc_delta=b["accuracy"] - a["accuracy"])
+                  continue_tokens_per_s=cont_rate, acc_packaged=mean(a, "accuracy"),
+                  acc_continued=mean(b, "accuracy"), acc_delta=delta, continued_wins=wins, seeds=len(a))
     if scratch:
         curve = scratch["curve"]
         steps = sorted(curve)
