@@ -104,7 +104,9 @@ def test_qat_wrappers_are_in_the_training_graph(tiny_checkpoint):
     features = next(iter(make_dataset(enc, plan, epochs=1)))[0]
     graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(features).graph
     fake_quant = [op for op in graph.get_operations() if op.type == "FakeQuantWithMinMaxVars"]
-    assert len(fake_quant) == 12 * 3  # input, kernel and output of every wrapped Dense
+    assert len(fake_quant) == 12 * 3 + 1  # input, kernel and output of every wrapped Dense; embeddings
+    probs = [op for op in graph.get_operations() if op.type == "FakeQuantWithMinMaxArgs"]
+    assert len(probs) == 2  # the attention probabilities of each of the 2 layers
     changed = {v.name: not np.allclose(a, v.numpy()) for a, v in zip(before, model.trainable_variables)}
     assert all(changed[n] for n in kernel_names)  # the kernels are trained through the fake quant
     ranges = qat.ranges(model.bert, ["attention", "feed_forward"])

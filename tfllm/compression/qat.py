@@ -12,6 +12,11 @@ the Dense layers inside the encoder are wrapped one by one, in place:
   8-bit fake-quant of the layer's output; the wrapper also
   fake-quantises the layer's *input*, since in BERT the Dense inputs come from LayerNorm,
   attention or GELU, which are not quantised layers (an int8 FULLY_CONNECTED needs an input scale);
+* the attention probabilities (softmax output) are fake-quantised to TFLite's fixed int8 softmax
+  range (scale 1/256): the converter quantises them that way for the int8 probabilities x values
+  matmul, so training sees it too (:class:`ProbsQuantizeDropout` wraps each attention dropout);
+* the word-embedding table is fake-quantised (symmetric 8-bit, range = its largest magnitude)
+  in training as in export (:func:`fake_quantize_embeddings`), so it ships as int8;
 * activation ranges use :class:`EmaRangeQuantizer`: the first training batch sets the range, then
   an exponential moving average follows it. TF-MOT's ``MovingAverageQuantizer`` starts at
   [-6, 6] with decay 0.999, which takes thousands of steps to forget; a short QAT phase would
@@ -135,6 +140,24 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
         return outputs
 
 
+# TFLite's int8 softmax output: scale 1/256, zero point -128, i.e. the range [0, 255/256]
+PROBS_RANGE = (0.0, 255.0 / 256.0)
+
+
+@tf_keras.utils.register_keras_serializable("tfllm")
+class ProbsQuantizeDropout(tf_keras.layers.Layer):
+    """Attention dropout preceded by 8-bit fake-quant of the probabilities to :data:`PROBS_RANGE`."""
+
+    def __init__(self, dropout, **kwargs):
+        super().__init__(**kwargs)
+        self.dropout = dropout
+
+    def call(self, inputs, training=None):
+        quantized = tf.quantization.fake_quant_with_min_max_args(
+            tf.cast(inputs, tf.float32), min=PROBS_RANGE[0], max=PROBS_RANGE[1], num_bits=8)
+        return self.dropout(tf.cast(quantized, inputs.dtype), training=training)
+
+
 def _main_layer(hf_model):
     """The ``TFBertMainLayer`` of a HF BERT task model (or the main layer itself)."""
     return hf_model.bert if hasattr(hf_model, "bert") else hf_model
@@ -182,6 +205,10 @@ def wrap_bert(hf_model, groups: Sequence[str]) -> list[tuple[str, DenseQuantizeW
         wrapper = DenseQuantizeWrapper(dense, DenseQuantizeConfig())
         setattr(parent, attr, wrapper)
         wrapped.append((key, wrapper))
+    if "attention" in groups:
+        for layer in _main_layer(hf_model).encoder.layer:
+            attention = layer.attention.self_attention
+            attention.dropout = ProbsQuantizeDropout(attention.dropout)
     _build(hf_model)
     return wrapped
 
@@ -209,6 +236,10 @@ def unwrap(hf_model, groups: Sequence[str]) -> dict:
         dense = wrapper.layer
         dense.kernel = wrapper._weight_vars[0][0]  # the variable, instead of its fake-quant tensor
         setattr(parent, attr, dense)
+    for layer in _main_layer(hf_model).encoder.layer:
+        attention = layer.attention.self_attention
+        if isinstance(attention.dropout, ProbsQuantizeDropout):
+            attention.dropout = attention.dropout.dropout
     return learned
 
 
@@ -227,26 +258,42 @@ def rewrap(hf_model, groups: Sequence[str], learned: dict) -> list:
     return wrapped
 
 
-def fake_quantize_embeddings(hf_model) -> float:
+def fake_quantize_embeddings(hf_model, fixed_range: bool = True) -> None:
     """Make ``hf_model``'s word-embedding lookup read an 8-bit fake-quantised table (symmetric,
     per tensor, range = the table's largest magnitude), so the QAT export stores it as int8 like
-    the kernels; the table is not trained with it (as in dynamic-range export). Returns the range.
-    For export only: it patches the embeddings layer's ``call`` in place."""
+    the kernels. In training (``fixed_range=False``) the range follows the table as it learns;
+    for export it is the trained table's, as a constant. Patches the layer's ``call`` in place;
+    :func:`plain_embeddings` undoes it."""
     embeddings = _main_layer(hf_model).embeddings
-    bound = float(np.max(np.abs(embeddings.weight.numpy())))
+    plain_embeddings(hf_model)
     plain_call = embeddings.call
+    fixed = float(np.max(np.abs(embeddings.weight.numpy()))) if fixed_range else None
 
     def call(*args, **kwargs):
         table = embeddings.weight
-        embeddings.weight = tf.quantization.fake_quant_with_min_max_args(
-            table, min=-bound, max=bound, num_bits=8, narrow_range=True)
+        if fixed is not None:
+            quantized = tf.quantization.fake_quant_with_min_max_args(
+                table, min=-fixed, max=fixed, num_bits=8, narrow_range=True)
+        else:
+            bound = tf.stop_gradient(tf.reduce_max(tf.abs(table)))
+            quantized = tf.quantization.fake_quant_with_min_max_vars(
+                table, -bound, bound, num_bits=8, narrow_range=True)
+        # object.__setattr__: Keras' attribute tracking would re-append the variable to the
+        # layer's weights (changing the order of trainable_variables) when it is put back
+        object.__setattr__(embeddings, "weight", quantized)
         try:
             return plain_call(*args, **kwargs)
         finally:
-            embeddings.weight = table
+            object.__setattr__(embeddings, "weight", table)
 
     embeddings.call = call
-    return bound
+
+
+def plain_embeddings(hf_model) -> None:
+    """Undo :func:`fake_quantize_embeddings` (no-op if not patched)."""
+    embeddings = _main_layer(hf_model).embeddings
+    if "call" in vars(embeddings):
+        del embeddings.call
 
 
 class QATClassifier(BertClassifier):
@@ -259,8 +306,9 @@ class QATClassifier(BertClassifier):
 
 def wrap(model: BertClassifier, groups: Sequence[str]) -> QATClassifier:
     wrapped = wrap_bert(model.bert, groups)
-    log.info("QAT: fake-quantising %d Dense layers (%s): int8 kernels, inputs and outputs",
-             len(wrapped), ", ".join(groups))
+    fake_quantize_embeddings(model.bert, fixed_range=False)
+    log.info("QAT: fake-quantising %d Dense layers (%s): int8 kernels, inputs and outputs; "
+             "attention probabilities; the word-embedding table", len(wrapped), ", ".join(groups))
     return QATClassifier(model.bert, model.num_labels, groups, grad_accum_steps=model.grad_accum_steps,
                          max_grad_norm=model.max_grad_norm)
 
@@ -268,6 +316,7 @@ def wrap(model: BertClassifier, groups: Sequence[str]) -> QATClassifier:
 def strip(model: QATClassifier) -> tuple[BertClassifier, dict]:
     """The plain classifier (wrappers removed) and the learned ranges."""
     learned = unwrap(model.bert, model.groups)
+    plain_embeddings(model.bert)
     plain = BertClassifier(model.bert, model.num_labels, grad_accum_steps=model.grad_accum_steps,
                            max_grad_norm=model.max_grad_norm)
     return plain, learned
