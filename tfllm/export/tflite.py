@@ -179,7 +179,7 @@ def _converter(hf_model, mode, representative, output_type, strict_int8):
                 [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if strict_int8
                 else [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
         # qat: the converter finds the FakeQuant ops and uses their learned ranges (no calibration);
-        # ops without ranges (LayerNorm, softmax, the embeddings) stay float.
+        # ops without ranges (LayerNorm, softmax itself, the residual additions) stay float.
         if output_type == "int8" and mode == "int8":
             converter.inference_output_type = tf.int8
     return converter
