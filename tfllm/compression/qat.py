@@ -163,6 +163,11 @@ def _main_layer(hf_model):
     return hf_model.bert if hasattr(hf_model, "bert") else hf_model
 
 
+def _self_attentions(hf_model) -> list:
+    """The self-attention layer of every encoder layer."""
+    return [layer.attention.self_attention for layer in _main_layer(hf_model).encoder.layer]
+
+
 def dense_slots(hf_model, groups: Sequence[str]) -> list[tuple[str, object, str]]:
     """``(key, parent layer, attribute)`` of every Dense to quantise, in encoder order."""
     unknown = set(groups) - set(GROUPS)
@@ -206,8 +211,7 @@ def wrap_bert(hf_model, groups: Sequence[str]) -> list[tuple[str, DenseQuantizeW
         setattr(parent, attr, wrapper)
         wrapped.append((key, wrapper))
     if "attention" in groups:
-        for layer in _main_layer(hf_model).encoder.layer:
-            attention = layer.attention.self_attention
+        for attention in _self_attentions(hf_model):
             attention.dropout = ProbsQuantizeDropout(attention.dropout)
     _build(hf_model)
     return wrapped
@@ -236,8 +240,7 @@ def unwrap(hf_model, groups: Sequence[str]) -> dict:
         dense = wrapper.layer
         dense.kernel = wrapper._weight_vars[0][0]  # the variable, instead of its fake-quant tensor
         setattr(parent, attr, dense)
-    for layer in _main_layer(hf_model).encoder.layer:
-        attention = layer.attention.self_attention
+    for attention in _self_attentions(hf_model):
         if isinstance(attention.dropout, ProbsQuantizeDropout):
             attention.dropout = attention.dropout.dropout
     return learned
