@@ -142,9 +142,22 @@ class Int8Config:
 
 
 @dataclass
+class DistillationConfig:
+    """Knowledge distillation: the run also learns a fine-tuned teacher's softened predictions.
+
+    Meant for compression phases (the teacher is then the dense model the phase starts from), but
+    any classification run can use it; the teacher needs the run's labels and vocabulary."""
+    enabled: bool = False
+    teacher: Optional[str] = None                # fine-tuned classifier (run dir); None: model.checkpoint
+    temperature: float = 2.0                     # softens both distributions
+    weight: float = 0.5                          # share of the distillation term; the rest is label CE
+
+
+@dataclass
 class CompressionConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     qat: QATConfig = field(default_factory=QATConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
     int8: Int8Config = field(default_factory=Int8Config)
 
 

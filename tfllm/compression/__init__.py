@@ -44,7 +44,16 @@ class CompressionPhase:
 
     @classmethod
     def start(cls, cfg, model, steps: int) -> "CompressionPhase":
-        """Wrap ``model`` (a ``BertClassifier``) for the enabled phase; call inside the strategy scope."""
+        """Wrap ``model`` (a ``BertClassifier``) for the enabled phase; call inside the strategy scope.
+
+        With ``compression.distillation`` on, the wrapped model also learns from the teacher.
+        """
+        phase = cls._wrap(cfg, model, steps)
+        attach_teacher(cfg, phase.model)
+        return phase
+
+    @classmethod
+    def _wrap(cls, cfg, model, steps: int) -> "CompressionPhase":
         comp = cfg.compression
         if comp.pruning.enabled and comp.qat.enabled:
             raise TfllmError("config keys compression.pruning.enabled and compression.qat.enabled: "
@@ -92,8 +101,31 @@ class CompressionPhase:
 
             plain, learned = qat.strip(self.model)
             info = {"qat": {**dataclasses.asdict(self.cfg.qat), "ranges": learned}}
+        if self.cfg.distillation.enabled:
+            info["distillation"] = dataclasses.asdict(self.cfg.distillation)
         io.write_json(Path(run_dir) / COMPRESSION_FILE, info)
         return plain
+
+
+def attach_teacher(cfg, model) -> None:
+    """Load ``compression.distillation``'s teacher (default: the checkpoint the run starts from)."""
+    distill = cfg.compression.distillation
+    if not distill.enabled:
+        return
+    if not distill.temperature > 0:
+        raise TfllmError(f"config key compression.distillation.temperature: must be positive, "
+                         f"got {distill.temperature}")
+    if not 0.0 < distill.weight <= 1.0:
+        raise TfllmError(f"config key compression.distillation.weight: must be in (0, 1], "
+                         f"got {distill.weight}")
+    from tfllm.models.classifier import load_teacher
+
+    config = model.bert.config
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    spec = distill.teacher or cfg.model.checkpoint
+    model.distill_from(load_teacher(spec, names, config.vocab_size), distill.temperature, distill.weight)
+    log.info("distillation from %s: loss = %.2f x label cross-entropy + %.2f x T^2 KL at T=%g",
+             spec, 1 - distill.weight, distill.weight, distill.temperature)
 
 
 def read_compression(run_dir: Path) -> dict:

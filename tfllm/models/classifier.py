@@ -15,6 +15,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfllm.config import ModelConfig
+from tfllm.errors import TfllmError
 from tfllm.models.base import TaskModel
 from tfllm.models.checkpoints import LoadReport, load_pretrained
 from tfllm.models.freezing import apply_freezing
@@ -62,14 +63,31 @@ class BertClassifier(TaskModel):
         self.num_labels = num_labels
         self.accuracy = tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.confusion = ConfusionMatrix(num_labels)
+        self.distill_from(None)
 
     def call(self, inputs, training=False):
         logits = self.bert(inputs, training=training).logits
         return tf.cast(logits, tf.float32)
 
+    def distill_from(self, teacher: Optional["BertClassifier"], temperature: float = 2.0,
+                     weight: float = 0.5) -> None:
+        """Train against ``teacher``'s softened predictions too (``None``: labels only).
+
+        Training loss per example: ``(1 - weight) * CE(label) + weight * T^2 * KL(teacher_T || self_T)``
+        with both softmaxes at temperature ``T`` (Hinton et al., 2015); evaluation loss stays CE.
+        The teacher is not tracked: it is neither trained nor saved in checkpoints.
+        """
+        object.__setattr__(self, "_distillation", (teacher, float(temperature), float(weight)))
+
     def per_example_loss(self, x, y, training):
         logits = self(x, training=training)
         loss = tf_keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        teacher, temperature, weight = self._distillation
+        if training and teacher is not None:
+            target = tf.nn.softmax(tf.stop_gradient(teacher(x, training=False)) / temperature)
+            log_student = tf.nn.log_softmax(logits / temperature)
+            kl = tf.reduce_sum(target * (tf.math.log(target + 1e-12) - log_student), axis=-1)
+            loss = (1.0 - weight) * loss + weight * temperature ** 2 * kl
         return loss, logits
 
     def update_task_metrics(self, y, logits, sample_weight):
@@ -110,10 +128,31 @@ def load_classifier(model_dir: str, **kwargs) -> BertClassifier:
     return BertClassifier(bert, bert.config.num_labels, **kwargs)
 
 
+def load_teacher(spec: str, label_names: Sequence[str], vocab_size: int) -> BertClassifier:
+    """A fine-tuned classifier to distil from; it must have the run's labels and vocabulary."""
+    from transformers import TFBertForSequenceClassification
+
+    key = "compression.distillation.teacher"
+    bert, report = load_pretrained(TFBertForSequenceClassification, spec)
+    if any(name.startswith("classifier") for name in report.missing):
+        raise TfllmError(f"config key {key}: {spec} has no classifier head (distil from a "
+                         f"fine-tuned run, e.g. runs/<name>)")
+    teacher_labels = [bert.config.id2label[i] for i in range(bert.config.num_labels)]
+    if teacher_labels != list(label_names):
+        raise TfllmError(f"config key {key}: {spec} predicts labels {teacher_labels[:10]}, "
+                         f"this run has {list(label_names)[:10]}")
+    if bert.config.vocab_size != vocab_size:
+        raise TfllmError(f"config key {key}: {spec} has a vocabulary of {bert.config.vocab_size} "
+                         f"tokens, the run's model {vocab_size}; teacher and student must share one")
+    bert.trainable = False
+    return BertClassifier(bert, bert.config.num_labels)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-__all__ = ["BertClassifier", "ConfusionMatrix", "LoadReport", "build_classifier", "load_classifier"]
+__all__ = ["BertClassifier", "ConfusionMatrix", "LoadReport", "build_classifier", "load_classifier",
+           "load_teacher"]
