@@ -92,9 +92,12 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
                       step_callbacks=compression.step_callbacks, final_eval_follows=True)
     state = trainer.fit(data.train, data.dev, resume=resume,
                         config_text=(run_dir / "config.yaml").read_text())
+    # QAT: the final report, like the in-loop evaluations, scores the fake-quantised model (what
+    # --quantize qat exports), not the float model that model/ stores once the wrappers are gone.
+    qat_logits = dev_logits(run_dir, cfg, model, data) if compression.kind == "qat" else None
     model = compression.finish(run_dir, state.step)  # wrappers stripped: a plain BERT is saved
     save_model(run_dir, model, data.tokenizer)
-    finish_classification(run_dir, cfg, model, data, state, time.time() - started)
+    finish_classification(run_dir, cfg, model, data, state, time.time() - started, qat_logits)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return cfg.run_dir
@@ -172,18 +175,27 @@ def save_model(run_dir: Path, model, tokenizer) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
-def finish_classification(run_dir: Path, cfg: Config, model, data: ClassificationData, state,
-                          seconds: float) -> None:
-    """Final dev evaluation: reports under ``eval/dev``, ``metrics.json``, the printed report."""
-    from tfllm.evaluate import print_metrics, write_evaluation
+def dev_logits(run_dir: Path, cfg: Config, model, data: ClassificationData):
+    """``model``'s logits on the dev split, in its order."""
     from tfllm.predict import Classifier
-    from tfllm.training.reporting import write_dev_scalars
 
     dev = data.splits.dev
     classifier = Classifier(run_dir, model, data.tokenizer, data.label_map.names, cfg.data.max_length, cfg)
+    return classifier.logits(dev.texts, dev.pairs)
+
+
+def finish_classification(run_dir: Path, cfg: Config, model, data: ClassificationData, state,
+                          seconds: float, logits=None) -> None:
+    """Final dev evaluation (of ``model``, unless its ``logits`` are given): reports under
+    ``eval/dev``, ``metrics.json``, the printed report."""
+    from tfllm.evaluate import print_metrics, write_evaluation
+    from tfllm.training.reporting import write_dev_scalars
+
+    dev = data.splits.dev
+    if logits is None:
+        logits = dev_logits(run_dir, cfg, model, data)
     labels = data.label_map.encode(dev.labels, dev.source)
-    metrics = write_evaluation(run_dir / "eval" / "dev", dev, classifier.logits(dev.texts, dev.pairs),
-                               labels, data.label_map.names)
+    metrics = write_evaluation(run_dir / "eval" / "dev", dev, logits, labels, data.label_map.names)
     final = {k: v for k, v in metrics.items() if k not in ("report", "confusion_matrix")}
     if not state.history or state.history[-1]["step"] != state.step:  # the Trainer left it to us
         write_dev_scalars(run_dir, state.step, final)
