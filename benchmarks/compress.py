@@ -168,11 +168,18 @@ def main(argv=None):
         rows.update(more)
 
     reference = rows["FP32 Keras"]
-    headers = ["variant", "size MB", "gzip MB", "sparsity", "accuracy", "macro-F1", "p50 ms", "p95 ms",
-               "agreement w/ FP32 Keras"]
+    labels = report["labels"]  # the same dev examples, in the same order, for every run
+
+    def hits(row):
+        return [p == t for p, t in zip(row["predictions"], labels)]
+
+    deltas = {name: common.paired_difference(hits(r), hits(reference)) for name, r in rows.items()}
+    headers = ["variant", "size MB", "gzip MB", "sparsity", "accuracy", "vs FP32 (95% CI)", "macro-F1",
+               "p50 ms", "p95 ms", "agreement w/ FP32 Keras"]
     table = common.markdown_table(headers, [
         [name, f"{r['size_bytes'] / 1e6:.1f}", f"{r['gzip_bytes'] / 1e6:.1f}", f"{r['sparsity']:.1%}",
-         f"{100 * r['accuracy']:.2f}", f"{100 * r['macro_f1']:.2f}", f"{r['latency_p50_ms']:.2f}",
+         f"{100 * r['accuracy']:.2f}", "{:+.2f} [{:+.2f}, {:+.2f}]".format(*deltas[name]),
+         f"{100 * r['macro_f1']:.2f}", f"{r['latency_p50_ms']:.2f}",
          f"{r['latency_p95_ms']:.2f}", f"{100 * r['agreement']:.1f}%"] for name, r in rows.items()])
     # Agreement of the pruned runs is with *their own* Keras model; recompute against the dense one
     # would need its predictions: the accuracy columns carry that comparison.
@@ -210,7 +217,9 @@ def main(argv=None):
              f"full-integer quantises it too.",
              f"One feed-forward matmul (128x384 by 384x1536) alone in LiteRT, 1 thread: FP32 "
              f"{gemm['fp32']:.2f} ms, int8 {gemm['int8']:.2f} ms ({gemm['fp32'] / gemm['int8']:.2f}x): "
-             f"the int8 speed-up this CPU's kernels allow.", ""]
+             f"the int8 speed-up this CPU's kernels allow.",
+             "vs FP32: accuracy difference from the FP32 Keras model in points, with a 95% paired "
+             "bootstrap interval over the dev phrases (what the dev set can resolve).", ""]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in targets.items()]
     result = common.result_line(**values, targets_met=f"{sum(targets.values())}/{len(targets)}",
                                 minutes=(time.time() - started) / 60)

@@ -82,7 +82,8 @@ def row_metrics(logits: np.ndarray, labels: np.ndarray, reference: Optional[np.n
 
     predicted = logits.argmax(-1)
     out = {"accuracy": float(accuracy_score(labels, predicted)),
-           "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0))}
+           "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+           "predictions": predicted.tolist()}  # per example, for paired comparisons across variants
     if reference is not None:
         out["agreement"] = float(np.mean(predicted == reference.argmax(-1)))
     return out
@@ -153,7 +154,7 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
         log.info("%s: accuracy %.4f, agreement %.4f, p50 %.2f ms", rows[-1]["variant"],
                  rows[-1]["accuracy"], rows[-1]["agreement"], rows[-1]["latency_p50_ms"])
     report = {"run": str(run_dir), "data": source, "examples": len(texts),
-              "latency_examples": len(timed), "rows": rows}
+              "latency_examples": len(timed), "labels": np.asarray(y).tolist(), "rows": rows}
     if write:
         io.write_json(out_dir / "report.json", report)
         io.write_text(out_dir / "report.md", markdown(rows) + "\n")
