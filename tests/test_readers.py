@@ -372,3 +372,19 @@ def test_real_20newsgroups_test():
     numeric = read_examples(shared("20newsgroups/test.jsonl"), label_column="label")
     assert LabelMap.from_labels(numeric.labels).names == tuple(str(i) for i in range(20))
     assert np.mean([len(t) for t in ex.texts]) > 100
+
+
+def test_several_files_by_glob_or_list_are_read_in_order(tmp_path):
+    write_tsv(tmp_path / "part-1.tsv", [("good film", "pos"), ("dull", "neg")])
+    write_tsv(tmp_path / "part-2.tsv", [("fine acting", "pos")])
+    by_glob = read_examples(str(tmp_path / "part-*.tsv"))
+    assert by_glob.texts == ["good film", "dull", "fine acting"] and by_glob.labels == ["pos", "neg", "pos"]
+    listed = read_examples(f"{tmp_path / 'part-2.tsv'},{tmp_path / 'part-1.tsv'}")
+    assert listed.texts == ["fine acting", "good film", "dull"]
+    (tmp_path / "part-3.tsv").write_text("text\tlabel\n\tpos\n", encoding="utf-8")
+    with pytest.raises(TfllmError, match=r"part-3\.tsv row \d+: empty text"):  # the file, not the glob
+        read_examples(str(tmp_path / "part-*.tsv"))
+    with pytest.raises(TfllmError, match="no files match"):
+        read_examples(str(tmp_path / "nothing-*.tsv"))
+    with pytest.raises(TfllmError, match="data file not found: .*missing.tsv"):
+        read_examples(f"{tmp_path / 'part-1.tsv'},{tmp_path / 'missing.tsv'}")

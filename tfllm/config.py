@@ -24,7 +24,7 @@ from tfllm.errors import TfllmError
 @dataclass
 class DataConfig:
     """Where the examples come from and how they become batches."""
-    train_file: Optional[str] = "builtin:sentiment/train.tsv"  # path, glob, or builtin:NAME/FILE
+    train_file: Optional[str] = "builtin:sentiment/train.tsv"  # path, glob, a,b list, builtin:NAME/FILE
     dev_file: Optional[str] = "builtin:sentiment/dev.tsv"     # None: stratified split of train
     test_file: Optional[str] = None
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "txt"] = "auto"

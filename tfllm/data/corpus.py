@@ -26,7 +26,6 @@ Sequences (``data.corpus_mode``):
 """
 from __future__ import annotations
 
-import glob
 import logging
 import re
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from tfllm.config import DataConfig
-from tfllm.data.readers import FORMATS, PACKAGE_RESOURCES, read_hf_split, read_table, read_text
+from tfllm.data.readers import FORMATS, data_paths, read_hf_split, read_table, read_text
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
 
@@ -75,23 +74,7 @@ class SequenceStats:
 # --- reading ----------------------------------------------------------------------------------
 def corpus_paths(spec: str) -> list[Path]:
     """Files named by a path, a ``builtin:`` name, a glob or a comma-separated list of those."""
-    paths: list[Path] = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        if part.startswith("builtin:"):
-            path = PACKAGE_RESOURCES / part[len("builtin:"):]
-            matches = [path] if path.is_file() else []
-        elif glob.has_magic(part):
-            matches = [Path(p) for p in sorted(glob.glob(part)) if Path(p).is_file()]
-            if not matches:
-                raise TfllmError(f"corpus: no files match {part}")
-        else:
-            matches = [Path(part)] if Path(part).is_file() else []
-        if not matches:
-            raise TfllmError(f"corpus file not found: {part}")
-        paths += matches
-    if not paths:
-        raise TfllmError("config key data.train_file: no corpus files given")
-    return paths
+    return data_paths(spec, "corpus file")
 
 
 def split_documents(text: str, documents: str) -> list[str]:

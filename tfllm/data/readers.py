@@ -8,6 +8,7 @@ Every problem with the input becomes a one-line :class:`TfllmError` naming the f
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -41,12 +42,26 @@ class Examples:
         return Examples(pick(self.texts), pick(self.pairs), pick(self.labels), self.source)
 
 
-def resolve_path(spec: str) -> Path:
-    """``builtin:NAME/FILE`` points inside the package; anything else is a filesystem path."""
-    path = PACKAGE_RESOURCES / spec[len("builtin:"):] if spec.startswith("builtin:") else Path(spec)
-    if not path.is_file():
-        raise TfllmError(f"data file not found: {spec}")
-    return path
+def data_paths(spec: str, what: str = "data file") -> list[Path]:
+    """Files named by a path, a ``builtin:NAME/FILE`` (inside the package), a glob or a
+    comma-separated list of those, in that order (a glob's matches sorted)."""
+    paths: list[Path] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part.startswith("builtin:"):
+            matches = [PACKAGE_RESOURCES / part[len("builtin:"):]]
+        elif glob.has_magic(part):
+            matches = [Path(p) for p in sorted(glob.glob(part)) if Path(p).is_file()]
+            if not matches:
+                raise TfllmError(f"{what}: no files match {part}")
+        else:
+            matches = [Path(part)]
+        for path in matches:
+            if not path.is_file():
+                raise TfllmError(f"{what} not found: {part}")
+        paths += matches
+    if not paths:
+        raise TfllmError(f"{what}: no file given ({spec!r})")
+    return paths
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -221,11 +236,22 @@ def _column_texts(frame: pd.DataFrame, column: str, source: str) -> list[str]:
 def read_examples(spec: str, text_column: str = "text", text_pair_column: Optional[str] = None,
                   label_column: Optional[str] = "label", fmt: str = "auto", has_header: bool = True,
                   column_names: Optional[list[str]] = None, require_labels: bool = True) -> Examples:
-    """Read one data file (``builtin:`` or a path) into validated :class:`Examples`."""
-    path = resolve_path(spec)
-    frame = read_table(path, fmt, has_header, column_names)
-    return frame_to_examples(frame, str(spec), text_column, text_pair_column, label_column,
-                             require_labels)
+    """Read a data file (or several: a glob / comma-separated list, see :func:`data_paths`) into
+    validated :class:`Examples`; errors name the file and row."""
+    paths = data_paths(spec)
+    parts = [frame_to_examples(read_table(path, fmt, has_header, column_names),
+                               str(spec) if len(paths) == 1 else str(path), text_column,
+                               text_pair_column, label_column, require_labels) for path in paths]
+    return concatenate(parts, str(spec))
+
+
+def concatenate(parts: list[Examples], source: str) -> Examples:
+    """One :class:`Examples` of several, in order (labels only if every part has them)."""
+    if len(parts) == 1:
+        return parts[0]
+    join = lambda lists: None if any(x is None for x in lists) else [v for x in lists for v in x]  # noqa: E731
+    pairs = [p.pairs for p in parts]
+    return Examples(join([p.texts for p in parts]), join(pairs), join([p.labels for p in parts]), source)
 
 
 def read_hf_split(name: str, split: str, config_name: Optional[str] = None,
