@@ -104,7 +104,9 @@ def test_qat_wrappers_are_in_the_training_graph(tiny_checkpoint):
     features = next(iter(make_dataset(enc, plan, epochs=1)))[0]
     graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(features).graph
     fake_quant = [op for op in graph.get_operations() if op.type == "FakeQuantWithMinMaxVars"]
-    assert len(fake_quant) == 12 * 3 + 1  # input, kernel and output of every wrapped Dense; embeddings
+    assert len(fake_quant) == 12 * 2 + 1  # input and output of every wrapped Dense; embeddings
+    per_channel = [op for op in graph.get_operations() if op.type == "FakeQuantWithMinMaxVarsPerChannel"]
+    assert len(per_channel) == 12  # every kernel, per output channel
     probs = [op for op in graph.get_operations() if op.type == "FakeQuantWithMinMaxArgs"]
     assert len(probs) == 2  # the attention probabilities of each of the 2 layers
     changed = {v.name: not np.allclose(a, v.numpy()) for a, v in zip(before, model.trainable_variables)}
@@ -139,12 +141,15 @@ def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_
     ops = {d["op_name"] for d in interpreter._get_ops_details()}
     assert "FAKE_QUANT" not in ops  # folded into int8 tensors
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    fully_connected = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
-    # every encoder Dense (2 layers x 6) runs int8 x int8: its kernel is stored as int8, not float32
-    int8_fc = [op for op in fully_connected
-               if tensors[op["inputs"][0]]["dtype"] == np.int8 and tensors[op["inputs"][1]]["dtype"] == np.int8]
-    assert len(int8_fc) >= 12, [(tensors[op["inputs"][1]]["name"], tensors[op["inputs"][1]]["dtype"])
-                                for op in fully_connected]
+    # every encoder Dense (2 layers x 6) runs int8 x int8 as a 1x1 CONV_2D whose filter is stored
+    # as int8 with one scale per output channel
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    int8_convs = [op for op in convs if tensors[op["inputs"][0]]["dtype"] == np.int8
+                  and tensors[op["inputs"][1]]["dtype"] == np.int8
+                  and len(tensors[op["inputs"][1]]["quantization_parameters"]["scales"])
+                  == tensors[op["inputs"][1]]["shape"][0] > 1]
+    assert len(int8_convs) == 12, [(tensors[op["inputs"][1]]["name"], tensors[op["inputs"][1]]["dtype"])
+                                   for op in convs]
     # and the word-embedding table is stored as int8 too (fake-quantised at export)
     gathers = [tensors[op["inputs"][0]] for op in interpreter._get_ops_details() if op["op_name"] == "GATHER"]
     assert any(t["dtype"] == np.int8 and t["shape"][0] >= 30000 for t in gathers), gathers
