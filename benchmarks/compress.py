@@ -6,9 +6,9 @@
 1. **Base run**: a finished SST-2 fine-tuning run of the packaged MiniLM-L6 (``--base-run``, e.g.
    the one ``benchmarks/finetune.py`` leaves in ``--out/sst2_minilm``); without it, one is trained
    with ``configs/sst2_minilm.yaml`` (1 epoch) into ``--out/sst2_minilm``.
-2. **Compression phases** from that run (``model.checkpoint=<base>``, same Trainer), each
-   ``--compress-steps`` steps of batch 32: magnitude pruning to 50% and to 80% of every encoder
-   kernel, distilling from the base run (``configs/sst2_minilm_pruned.yaml``), and QAT with
+2. **Compression phases** from that run (``model.checkpoint=<base>``, same Trainer), batch 32,
+   as many steps as each config says (or ``--compress-steps``): magnitude pruning to 50% and to
+   80% of every encoder kernel, distilling from the base run (``configs/sst2_minilm_pruned.yaml``), and QAT with
    per-channel int8 kernels (``configs/sst2_minilm_qat.yaml``).
 3. **Variants**, all measured by :func:`tfllm.compare.compare_run` on the SST-2 dev set (872
    phrases, or ``--dev-examples``): FP32 Keras, FP32 TFLite, dynamic-range, float16, int8
@@ -70,9 +70,9 @@ def compress_run(args, base: Path, name: str, config: str, extra: list[str]) -> 
     if (out / "model" / "tf_model.h5").is_file() and not args.retrain:
         log.info("reusing %s", out)
         return out
+    steps = [f"train.max_steps={args.compress_steps}"] if args.compress_steps else []  # else the config's
     cfg = load_config(CONFIGS / config, [*data_overrides(args), f"model.checkpoint={base}",
-                                         f"output_dir={out}", f"train.max_steps={args.compress_steps}",
-                                         *extra])
+                                         f"output_dir={out}", *steps, *extra])
     run_training(cfg, overwrite=True)
     return out
 
@@ -130,7 +130,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-run", help="a finished SST-2 MiniLM run (default: train one)")
     parser.add_argument("--out", default="runs/bench_compress", help="where the runs and report go")
-    parser.add_argument("--compress-steps", type=int, default=1000, help="steps of each compression phase")
+    parser.add_argument("--compress-steps", type=int, default=None,
+                        help="steps of every compression phase (default: each config's train.max_steps: "
+                             "pruning 1,500, QAT 400)")
     parser.add_argument("--dev-examples", type=int, default=None, help="dev phrases evaluated (default all)")
     parser.add_argument("--latency-examples", type=int, default=200, help="phrases timed per variant")
     parser.add_argument("--retrain", action="store_true",
