@@ -32,8 +32,10 @@ def test_compress_export_notebook(tiny_checkpoint, tmp_path, venv_kernel):  # no
     errors = [out for c in nb.cells if c.cell_type == "code" for out in c.outputs if out.output_type == "error"]
     assert not errors, errors
     pruned = tmp_path / "runs" / "tiny_pruned50"
-    info = json.loads((pruned / "compression.json").read_text())["pruning"]
+    compression = json.loads((pruned / "compression.json").read_text())
+    info = compression["pruning"]
     assert info["overall"] == pytest.approx(0.5, abs=0.01)
+    assert compression["distillation"]["enabled"]  # distilled from the base run
     assert (pruned / "export" / "model_int8.tflite").is_file()
     for name in ("model.tflite", "model_int8.tflite", "saved_model/1/saved_model.pb", "report.md"):
         assert (base / "export" / name).is_file(), name
