@@ -95,7 +95,8 @@ def op_output_dtypes(interpreter) -> dict:
     return out
 
 
-@pytest.mark.parametrize("float_ops", [["layer_norm", "elementwise"], []], ids=["default", "full_integer"])
+@pytest.mark.parametrize("float_ops", [["layer_norm", "elementwise", "position_embeddings"], []],
+                         ids=["default", "full_integer"])
 def test_int8_float_ops_and_output_type_follow_the_config(run, sample, tmp_path, float_ops):
     from tfllm.export.tflite import TFLiteClassifier, export_tflite
 
@@ -118,6 +119,13 @@ def test_int8_float_ops_and_output_type_follow_the_config(run, sample, tmp_path,
     expected = {np.float32} if float_ops else {np.int8}
     for op in ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "ADD", "MUL"):
         assert dtypes[op] == expected, (op, dtypes[op])
+    # embedding tables: the word table int8 always; position and token-type tables float when kept
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    tables = {int(tensors[op["inputs"][0]]["shape"][0]): tensors[op["inputs"][0]]["dtype"]
+              for op in interpreter._get_ops_details() if op["op_name"] == "GATHER"
+              and len(tensors[op["inputs"][0]]["shape"]) == 2}
+    assert tables.pop(30522) == np.int8
+    assert set(tables.values()) == expected and len(tables) == 2, tables  # 128 positions, 2 types
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["output_dtype"] == "int8" and meta["output_quantization"]["scale"] > 0
     assert meta["float_ops"] == float_ops
