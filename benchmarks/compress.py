@@ -12,7 +12,8 @@
    and QAT with per-channel int8 kernels (``configs/sst2_minilm_qat.yaml``).
 3. **Variants**, all measured by :func:`tfllm.compare.compare_run` on the SST-2 dev set (872
    phrases, or ``--dev-examples``): FP32 Keras, FP32 TFLite, dynamic-range, float16, int8
-   (post-training, calibrated on 200 training phrases, LayerNorm kept float), full-integer int8,
+   (post-training, calibrated on 200 training phrases, LayerNorm, elementwise ops and position
+   embeddings kept float), full-integer int8,
    QAT int8, 50% pruned, 80% pruned (FP32
    TFLite) and pruned + int8. Latency: batch 1, each phrase at its own length, the first
    ``--latency-examples`` dev phrases, LiteRT interpreter with its default threads / TF eager
@@ -216,8 +217,8 @@ def main(argv=None):
              f"phrases at batch 1; compression phases from {base}: " + ", ".join(
                  f"{name} {json.loads((run / 'metrics.json').read_text())['steps']} steps"
                  for name, run in (("50% pruning", pruned50), ("80% pruning", pruned80), ("QAT", qat))),
-             f"int8 (PTQ) keeps LayerNorm and the elementwise ops in float (compression.int8.float_ops, the default); "
-             f"full-integer quantises it too.",
+             "int8 (PTQ) keeps LayerNorm, the elementwise ops and the position / token-type embedding "
+             "lookups in float (compression.int8.float_ops, the default); full-integer quantises them too.",
              f"One feed-forward matmul (128x384 by 384x1536) alone in LiteRT, 1 thread: FP32 "
              f"{gemm['fp32']:.2f} ms, int8 {gemm['int8']:.2f} ms ({gemm['fp32'] / gemm['int8']:.2f}x): "
              f"the int8 speed-up this CPU's kernels allow.",
