@@ -50,6 +50,11 @@ def _cond(training, true_fn, false_fn):
     return tf.cond(tf.cast(training, tf.bool), true_fn, false_fn)
 
 
+def _quantize(quantizer, inputs, training, variables):
+    """A TF-MOT quantizer applied in training or inference mode as ``training`` says."""
+    return _cond(training, lambda: quantizer(inputs, True, variables), lambda: quantizer(inputs, False, variables))
+
+
 @tf_keras.utils.register_keras_serializable("tfllm")
 class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     """8-bit asymmetric fake-quant of an activation; range = batch min/max, then an EMA of it."""
@@ -139,8 +144,7 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
         kernel, quantizer, quantizer_vars = self._weight_vars[0]
         units = kernel.shape[-1]
         # fake-quantise the kernel in its 4-D filter shape, so no reshape sits between the two
-        kernel = _cond(training, lambda: quantizer(tf.reshape(kernel, [1, 1, *kernel.shape]), True, quantizer_vars),
-                       lambda: quantizer(tf.reshape(kernel, [1, 1, *kernel.shape]), False, quantizer_vars))
+        kernel = _quantize(quantizer, tf.reshape(kernel, [1, 1, *kernel.shape]), training, quantizer_vars)
         image = tf.reshape(inputs, [1, 1, -1, inputs.shape[-1]])
         outputs = tf.nn.conv2d(image, tf.cast(kernel, image.dtype), strides=1, padding="VALID")
         if dense.use_bias:
@@ -149,9 +153,7 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
             outputs = dense.activation(outputs)
         outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [units]], 0))
         outputs.set_shape(inputs.shape[:-1].concatenate([units]))
-        output_quantizer = self._output_quantizers[0]
-        return _cond(training, lambda: output_quantizer(outputs, True, self._output_quantizer_vars),
-                     lambda: output_quantizer(outputs, False, self._output_quantizer_vars))
+        return _quantize(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
 
 
 # TFLite's int8 softmax output: scale 1/256, zero point -128, i.e. the range [0, 255/256]

@@ -250,8 +250,8 @@ def concatenate(parts: list[Examples], source: str) -> Examples:
     if len(parts) == 1:
         return parts[0]
     join = lambda lists: None if any(x is None for x in lists) else [v for x in lists for v in x]  # noqa: E731
-    pairs = [p.pairs for p in parts]
-    return Examples(join([p.texts for p in parts]), join(pairs), join([p.labels for p in parts]), source)
+    return Examples(join([p.texts for p in parts]), join([p.pairs for p in parts]),
+                    join([p.labels for p in parts]), source)
 
 
 def read_hf_split(name: str, split: str, config_name: Optional[str] = None,
