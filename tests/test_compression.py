@@ -116,6 +116,38 @@ def test_qat_wrappers_are_in_the_training_graph(tiny_checkpoint):
     assert first["input_seen"] == 3 and first["input_max"] != 6.0 and first["output_min"] != -6.0
 
 
+def test_qat_ranges_are_measured_as_inference_sees_the_activations(tiny_checkpoint):
+    """Dropout off and padding skipped: after one training step the first Dense's input range is
+    exactly the min/max of the inference-mode embedding output over the real tokens."""
+    from test_training import tiny_batches
+
+    from tfllm.compression import qat
+    from tfllm.data.pipeline import make_dataset
+    from tfllm.models.classifier import build_classifier
+
+    tf_keras.utils.set_random_seed(0)
+    model, _ = build_classifier(ModelConfig(checkpoint=tiny_checkpoint), num_labels=2)  # dropout 0.1
+    embeddings = model.bert.bert.embeddings
+    spike = np.zeros(embeddings.weight.shape[1], np.float32)
+    spike[0] = 100.0
+    embeddings.weight[0].assign(spike)  # [PAD] (id 0) now stands out after the LayerNorm
+    wrapped = qat.wrap(model, ["attention", "feed_forward"])
+    assert not [d for d in model.bert.submodules if isinstance(d, tf_keras.layers.Dropout) and d.rate > 0]
+    enc, plan = tiny_batches(tiny_checkpoint)
+    features = next(iter(make_dataset(enc, plan, epochs=1)))[0]
+    real = features["attention_mask"].numpy().astype(bool)
+    assert not real.all()  # the batch has padding
+    wrapped(features, training=True)
+
+    hidden = embeddings(input_ids=features["input_ids"], token_type_ids=features["token_type_ids"],
+                        training=False).numpy()
+    first = qat.ranges(model.bert, ["attention"])["layer_0/attention/query"]
+    assert first["input_seen"] == 1
+    np.testing.assert_allclose([first["input_min"], first["input_max"]],
+                               [min(hidden[real].min(), 0.0), max(hidden[real].max(), 0.0)], rtol=1e-5)
+    assert hidden[~real].max() > first["input_max"] + 1.0  # the padding really was left out
+
+
 def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_path):
     train, dev = files
     cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "qat",

@@ -70,7 +70,7 @@ class CompressionPhase:
                 raise TfllmError("config key train.mixed_precision: QAT runs in float32; set it to none")
             from tfllm.compression import qat
 
-            return cls("qat", qat.wrap(model, comp.qat.layers), comp)
+            return cls("qat", qat.wrap(model, comp.qat.layers, comp.qat.dropout), comp)
         return cls(None, model, comp)
 
     def train_config(self, train_cfg):

@@ -20,7 +20,10 @@ the Dense layers inside the encoder are wrapped one by one, in place:
 * activation ranges use :class:`EmaRangeQuantizer`: the first training batch sets the range, then
   an exponential moving average follows it. TF-MOT's ``MovingAverageQuantizer`` starts at
   [-6, 6] with decay 0.999, which takes thousands of steps to forget; a short QAT phase would
-  otherwise clip BERT's wider activations;
+  otherwise clip BERT's wider activations. The statistics skip padding positions
+  (:func:`ranges_over_tokens`), and dropout is off by default (:func:`turn_off_dropout`), so the
+  ranges are those the int8 model meets at inference: with both, they match post-training
+  calibration's, and the untrained QAT model agrees with FP32 more often than int8 PTQ does;
 * :func:`unwrap` puts the plain Dense layers back (``model/`` stays an ordinary transformers
   checkpoint) and returns the learned ranges; :func:`rewrap` re-creates the wrappers on a loaded
   model and restores those ranges, so the exporter can build the fake-quant graph that the
@@ -28,6 +31,7 @@ the Dense layers inside the encoder are wrapped one by one, in place:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Sequence
 
@@ -50,14 +54,20 @@ def _cond(training, true_fn, false_fn):
     return tf.cond(tf.cast(training, tf.bool), true_fn, false_fn)
 
 
-def _quantize(quantizer, inputs, training, variables):
+def _quantize(quantizer, inputs, training, variables, **kwargs):
     """A TF-MOT quantizer applied in training or inference mode as ``training`` says."""
-    return _cond(training, lambda: quantizer(inputs, True, variables), lambda: quantizer(inputs, False, variables))
+    return _cond(training, lambda: quantizer(inputs, True, variables, **kwargs),
+                 lambda: quantizer(inputs, False, variables, **kwargs))
 
 
 @tf_keras.utils.register_keras_serializable("tfllm")
 class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
-    """8-bit asymmetric fake-quant of an activation; range = batch min/max, then an EMA of it."""
+    """8-bit asymmetric fake-quant of an activation; range = batch min/max, then an EMA of it.
+
+    ``token_mask`` (``[batch, length]``, 1 for real tokens) keeps padding positions out of the
+    statistics: their values never reach the prediction, and in BERT they stretch some ranges
+    (and so coarsen the int8 grid) by a third or more.
+    """
 
     def __init__(self, decay: float = 0.99, num_bits: int = 8):
         self.decay, self.num_bits = decay, num_bits
@@ -69,11 +79,14 @@ class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return {"min_var": make("min", -6.0), "max_var": make("max", 6.0),
                 "seen": make("seen", 0, tf.int64)}
 
-    def __call__(self, inputs, training, weights, **kwargs):
+    def __call__(self, inputs, training, weights, token_mask=None, **kwargs):
         min_var, max_var, seen = weights["min_var"], weights["max_var"], weights["seen"]
 
         def update():
             values = tf.cast(inputs, tf.float32)
+            if token_mask is not None and values.shape.rank == 3:
+                # padding -> 0, which every range contains anyway
+                values = tf.where(tf.cast(token_mask, tf.bool)[:, :, None], values, 0.0)
             low = tf.minimum(tf.reduce_min(values), 0.0)  # the range must contain 0
             high = tf.maximum(tf.reduce_max(values), 0.0)
             first = tf.equal(seen, 0)
@@ -131,6 +144,8 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
     one int8 CONV_2D (a GEMM in LiteRT's kernels) with a per-channel int8 filter.
     """
 
+    token_mask = None  # set around a forward pass by :func:`ranges_over_tokens`
+
     def build(self, input_shape):
         super().build(input_shape)
         self._input_quantizer = EmaRangeQuantizer()
@@ -139,8 +154,8 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
     def call(self, inputs, training=None, **kwargs):
         if training is None:
             training = tf_keras.backend.learning_phase()
-        dense = self.layer
-        inputs = self._input_quantizer(inputs, training, self._input_quantizer_vars)
+        dense, mask = self.layer, self.token_mask
+        inputs = self._input_quantizer(inputs, training, self._input_quantizer_vars, token_mask=mask)
         kernel, quantizer, quantizer_vars = self._weight_vars[0]
         units = kernel.shape[-1]
         # fake-quantise the kernel in its 4-D filter shape, so no reshape sits between the two
@@ -153,7 +168,8 @@ class DenseQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
             outputs = dense.activation(outputs)
         outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [units]], 0))
         outputs.set_shape(inputs.shape[:-1].concatenate([units]))
-        return _quantize(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
+        return _quantize(self._output_quantizers[0], outputs, training, self._output_quantizer_vars,
+                         token_mask=mask)
 
 
 # TFLite's int8 softmax output: scale 1/256, zero point -128, i.e. the range [0, 255/256]
@@ -201,6 +217,20 @@ def dense_slots(hf_model, groups: Sequence[str]) -> list[tuple[str, object, str]
             slots.append((f"layer_{i}/intermediate", layer.intermediate, "dense"))
             slots.append((f"layer_{i}/output", layer.bert_output, "dense"))
     return slots
+
+
+@contextlib.contextmanager
+def ranges_over_tokens(hf_model, inputs):
+    """Within this block the quantize wrappers' range statistics skip ``inputs``' padding."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    layers = wrappers(hf_model)
+    for layer in layers:
+        object.__setattr__(layer, "token_mask", mask)  # untracked: a tensor, not a weight
+    try:
+        yield
+    finally:
+        for layer in layers:
+            object.__setattr__(layer, "token_mask", None)
 
 
 def wrappers(hf_model) -> list[DenseQuantizeWrapper]:
@@ -327,8 +357,25 @@ class QATClassifier(BertClassifier):
         super().__init__(bert, num_labels, **kwargs)
         self.groups = list(groups)
 
+    def call(self, inputs, training=False):
+        with ranges_over_tokens(self.bert, inputs):
+            return super().call(inputs, training=training)
 
-def wrap(model: BertClassifier, groups: Sequence[str]) -> QATClassifier:
+
+def turn_off_dropout(hf_model) -> int:
+    """Set the rate of every dropout layer in ``hf_model`` to 0; returns how many were on."""
+    active = [layer for layer in hf_model.submodules
+              if isinstance(layer, tf_keras.layers.Dropout) and layer.rate > 0]
+    for layer in active:
+        layer.rate = 0.0
+    return len(active)
+
+
+def wrap(model: BertClassifier, groups: Sequence[str], dropout: bool = False) -> QATClassifier:
+    """Wrap ``model`` for QAT (in place; same variables); ``dropout=False`` turns dropout off."""
+    if not dropout and turn_off_dropout(model.bert):
+        log.info("QAT: dropout off, so the measured activation ranges are those of inference "
+                 "(compression.qat.dropout)")
     wrapped = wrap_bert(model.bert, groups)
     fake_quantize_embeddings(model.bert, fixed_range=False)
     log.info("QAT: fake-quantising %d Dense layers (%s): int8 kernels, inputs and outputs; "
