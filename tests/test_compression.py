@@ -148,6 +148,16 @@ def test_qat_ranges_are_measured_as_inference_sees_the_activations(tiny_checkpoi
     assert hidden[~real].max() > first["input_max"] + 1.0  # the padding really was left out
 
 
+def test_qat_keeps_dropout_when_the_config_asks(tiny_checkpoint):
+    from tfllm.compression import qat
+    from tfllm.models.classifier import build_classifier
+
+    model, _ = build_classifier(ModelConfig(checkpoint=tiny_checkpoint), num_labels=2)
+    qat.wrap(model, ["attention", "feed_forward"], dropout=True)
+    rates = [d.rate for d in model.bert.submodules if isinstance(d, tf_keras.layers.Dropout)]
+    assert rates and all(r == 0.1 for r in rates)
+
+
 def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_path):
     train, dev = files
     cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "qat",
