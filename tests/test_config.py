@@ -247,3 +247,23 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
 def test_default_job_config_file_matches_the_builtin_defaults():
     """`python -m tfllm.train` with no arguments runs exactly configs/sentiment_minilm.yaml."""
     assert load_config(ROOT / "configs" / "sentiment_minilm.yaml") == load_config(None)
+
+
+def test_a_runs_saved_config_names_local_files_absolutely(tmp_path, monkeypatch):
+    """A run's config.yaml keeps working from another directory: local data files, checkpoint
+    and teacher become absolute; builtin:, packaged: and hub names stay as they are."""
+    from tfllm.config import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "base").mkdir(parents=True)
+    cfg = load_config(None, ["data.train_file=data/a.tsv, data/b*.tsv,builtin:sentiment/train.tsv",
+                             "data.dev_file=builtin:sentiment/dev.tsv", "model.checkpoint=runs/base",
+                             "compression.distillation.teacher=some-org/some-model"])
+    saved = with_absolute_paths(cfg)
+    assert saved.data.train_file == (f"{tmp_path}/data/a.tsv,{tmp_path}/data/b*.tsv,"
+                                     "builtin:sentiment/train.tsv")
+    assert saved.data.dev_file == "builtin:sentiment/dev.tsv" and saved.data.test_file is None
+    assert saved.model.checkpoint == str(tmp_path / "runs" / "base")
+    assert saved.compression.distillation.teacher == "some-org/some-model"  # not a local path
+    assert with_absolute_paths(load_config(None)) == load_config(None)  # packaged + builtin
+    assert cfg.data.train_file.startswith("data/a.tsv")  # the caller's config is not changed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -321,3 +322,32 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
 
 def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _absolute_files(spec: Optional[str]) -> Optional[str]:
+    """A data-file spec (path, glob or a,b list) with each local part made absolute."""
+    if not spec:
+        return spec
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    return ",".join(p if p.startswith("builtin:") or "://" in p else os.path.abspath(p) for p in parts)
+
+
+def _absolute_if_local(name: Optional[str]) -> Optional[str]:
+    """A checkpoint / dataset name, made absolute when it is an existing local path."""
+    return os.path.abspath(name) if name and os.path.exists(name) else name
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with its local data files, checkpoints and teacher as absolute paths: a run's saved
+    ``config.yaml`` then works from any directory (export, compare, evaluate, resume), as the
+    relative paths of ``configs/*.yaml`` hold only from the repository root."""
+    data = dataclasses.replace(cfg.data, train_file=_absolute_files(cfg.data.train_file),
+                               dev_file=_absolute_files(cfg.data.dev_file),
+                               test_file=_absolute_files(cfg.data.test_file),
+                               hf_dataset=_absolute_if_local(cfg.data.hf_dataset))
+    model = dataclasses.replace(cfg.model, checkpoint=_absolute_if_local(cfg.model.checkpoint),
+                                tokenizer=_absolute_if_local(cfg.model.tokenizer))
+    distillation = dataclasses.replace(cfg.compression.distillation,
+                                       teacher=_absolute_if_local(cfg.compression.distillation.teacher))
+    compression = dataclasses.replace(cfg.compression, distillation=distillation)
+    return dataclasses.replace(cfg, data=data, model=model, compression=compression)

@@ -21,7 +21,7 @@ from typing import Optional
 
 from tfllm import io
 from tfllm.cli import main_guard, setup_logging
-from tfllm.config import Config, load_config, save_config
+from tfllm.config import Config, load_config, save_config, with_absolute_paths
 from tfllm.errors import TfllmError
 
 log = logging.getLogger("tfllm")
@@ -162,7 +162,7 @@ def seed_everything(cfg: Config) -> str:
 
 def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision: str, replicas: int) -> None:
     if not (resume and (run_dir / "config.yaml").exists()):
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(with_absolute_paths(cfg), run_dir / "config.yaml")  # usable from any directory
     io.write_json(run_dir / "run_info.json", {"versions": versions(), "seed": cfg.train.seed,
                                               "precision": precision, "command": sys.argv,
                                               "replicas": replicas})
