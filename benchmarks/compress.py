@@ -9,7 +9,8 @@
 2. **Compression phases** from that run (``model.checkpoint=<base>``, same Trainer), batch 32,
    as many steps as each config says (or ``--compress-steps``): magnitude pruning to 50% and to
    80% of every encoder kernel, distilling from the base run (``configs/sst2_minilm_pruned.yaml``),
-   and QAT with per-channel int8 kernels, distilling from the base run (``configs/sst2_minilm_qat.yaml``).
+   and QAT with per-channel int8 kernels, distilling from the base run
+   (``configs/sst2_minilm_qat.yaml``).
 3. **Variants**, all measured by :func:`tfllm.compare.compare_run` on the SST-2 dev set (872
    phrases, or ``--dev-examples``): FP32 Keras, FP32 TFLite, dynamic-range, float16, int8
    (post-training, calibrated on 200 training phrases, LayerNorm, elementwise ops and position
