@@ -325,11 +325,12 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 def _absolute_files(spec: Optional[str]) -> Optional[str]:
-    """A data-file spec (path, glob or a,b list) with each local part made absolute."""
+    """A data-file spec (path, glob or a,b list) with each part outside the package made absolute."""
     if not spec:
         return spec
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    return ",".join(p if p.startswith("builtin:") or "://" in p else os.path.abspath(p) for p in parts)
+    from tfllm.data.readers import BUILTIN, spec_parts  # (pandas: only when a run is saved)
+
+    return ",".join(p if p.startswith(BUILTIN) else os.path.abspath(p) for p in spec_parts(spec))
 
 
 def _absolute_if_local(name: Optional[str]) -> Optional[str]:

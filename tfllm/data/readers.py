@@ -42,13 +42,21 @@ class Examples:
         return Examples(pick(self.texts), pick(self.pairs), pick(self.labels), self.source)
 
 
+BUILTIN = "builtin:"  # prefix of a data file shipped inside the package
+
+
+def spec_parts(spec: str) -> list[str]:
+    """The parts of a data-file spec: ``"a.tsv, b*.tsv,builtin:x/y.tsv"`` -> three parts."""
+    return [p.strip() for p in spec.split(",") if p.strip()]
+
+
 def data_paths(spec: str, what: str = "data file") -> list[Path]:
     """Files named by a path, a ``builtin:NAME/FILE`` (inside the package), a glob or a
     comma-separated list of those, in that order (a glob's matches sorted)."""
     paths: list[Path] = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        if part.startswith("builtin:"):
-            matches = [PACKAGE_RESOURCES / part[len("builtin:"):]]
+    for part in spec_parts(spec):
+        if part.startswith(BUILTIN):
+            matches = [PACKAGE_RESOURCES / part[len(BUILTIN):]]
         elif glob.has_magic(part):
             matches = [Path(p) for p in sorted(glob.glob(part)) if Path(p).is_file()]
             if not matches:
