@@ -13,7 +13,8 @@ NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
 class WarmupDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to ``peak`` over ``warmup_steps``, then linear/cosine decay to 0 (or constant).
 
-        >>> WarmupDecay(1e-3, total_steps=100, warmup_steps=10)(tf.constant(4))  # 5e-4
+        >>> WarmupDecay(1e-3, total_steps=100, warmup_steps=10)(tf.constant(4))  # 5e-4: 5th update
+        >>> WarmupDecay(1e-3, total_steps=100, warmup_steps=10)(tf.constant(99))  # 1e-3/90: last update
     """
 
     def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, kind: str = "linear"):
@@ -21,9 +22,14 @@ class WarmupDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
         self.peak, self.total_steps, self.warmup_steps, self.kind = peak, total_steps, warmup_steps, kind
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32) + 1.0  # rate used by the (step+1)-th update: never 0
+        """The rate of the update that follows ``step`` completed updates (0 .. total_steps - 1).
+
+        Warm-up climbs to ``peak`` at update ``warmup_steps`` and decay reaches 0 only after the
+        last update, so neither the first nor the last update runs at rate 0.
+        """
+        step = tf.cast(step, tf.float32)
         warmup = float(max(self.warmup_steps, 0))
-        warm = self.peak * step / max(warmup, 1.0)
+        warm = self.peak * (step + 1.0) / max(warmup, 1.0)
         progress = tf.clip_by_value((step - warmup) / max(self.total_steps - warmup, 1.0), 0.0, 1.0)
         if self.kind == "cosine":
             decayed = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
@@ -31,7 +37,7 @@ class WarmupDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
             decayed = self.peak * (1.0 - progress)
         else:
             decayed = tf.constant(self.peak, tf.float32)
-        return tf.where(step <= warmup, warm, decayed)
+        return tf.where(step < warmup, warm, decayed)
 
     def get_config(self):
         return dict(peak=self.peak, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
