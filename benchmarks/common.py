@@ -6,7 +6,9 @@
 * :func:`padding_stats` / :func:`training_flops_per_sequence` - what a batch stream costs;
 * :func:`read_scalars` - TensorBoard scalars of a run, without the tensorboard package;
 * :func:`paired_difference` - an accuracy difference on the same examples, with a bootstrap interval;
-* :func:`markdown_table`, :func:`result_line` - output formatting.
+* :func:`markdown_table`, :func:`result_line` - output formatting;
+* :func:`machine_info`, :func:`machine_line`, :func:`write_report` (from :mod:`benchmarks.machine`)
+  - the CPU a benchmark ran on, and its generated report in ``benchmarks/results/<name>.md``.
 
 Import this module after ``tfllm`` (it selects Keras 2 before TensorFlow loads).
 """
@@ -27,6 +29,9 @@ import tfllm  # noqa: E402,F401  (Keras 2 before TensorFlow)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+
+from benchmarks.machine import (ISA_FLAGS, git_commit, machine_info, machine_line,  # noqa: E402,F401
+                                report_header, write_report)
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
