@@ -116,3 +116,16 @@ def tensorboard_tags(run_dir: Path) -> dict:
             for event in tf.compat.v1.train.summary_iterator(str(event_file)):
                 tags[split].update(v.tag for v in event.summary.value)
     return tags
+
+
+def read_scalars(logdir: Path, tag: str) -> dict:
+    """``{step: value}`` of one TensorBoard scalar (tf.summary.scalar writes tensors)."""
+    import tensorflow as tf
+
+    values = {}
+    for event_file in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[int(event.step)] = float(tf.make_ndarray(value.tensor))
+    return values

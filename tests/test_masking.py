@@ -90,6 +90,20 @@ def test_pipeline_masks_differ_every_epoch():
     assert (by_epoch[0] != by_epoch[1]).any() and (by_epoch[1] != by_epoch[2]).any()
 
 
+def test_a_batch_that_repeats_gets_new_masks_each_epoch_but_held_out_masks_stay():
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(5, VOCAB, size=24).astype(np.int32) for _ in range(8)]
+    encoded = Encoded(rows, [np.zeros_like(r) for r in rows])
+    plan = BatchPlan(encoded.lengths, batch_size=8, shuffle=False)  # the same batch every epoch
+    masking = make_masking_fn(spec(), seed=5)
+    epochs = [b[1].numpy() for b in make_dataset(encoded, plan, epochs=3, map_fn=masking)]
+    assert (epochs[0] != epochs[1]).any() and (epochs[1] != epochs[2]).any()
+    again = [b[1].numpy() for b in make_dataset(encoded, plan, epochs=1, map_fn=masking)]
+    np.testing.assert_array_equal(again[0], epochs[0])  # a held-out pass: epoch 0's masks
+    resumed = [b[1].numpy() for b in make_dataset(encoded, plan, start_step=2, epochs=3, map_fn=masking)]
+    np.testing.assert_array_equal(resumed[0], epochs[2])  # resume re-draws the same masks
+
+
 def test_nsp_labels_ride_in_an_extra_column():
     ids, attention = random_batch(rows=4, width=16)
     features = {"input_ids": tf.constant(ids), "attention_mask": tf.constant(attention),

@@ -1,5 +1,6 @@
 """Training on a tiny random BERT: Keras API, accumulation, resume, NaN guard, freezing, run dir."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import assert_same_run, simulate_kill, tensorboard_tags, tiny_overrides
+from conftest import assert_same_run, read_scalars, simulate_kill, tensorboard_tags, tiny_overrides
 from tfllm.config import ModelConfig, load_config
 from tfllm.data.pipeline import BatchPlan, make_dataset
 from tfllm.data.tokenization import encode_texts, load_tokenizer
@@ -119,23 +120,39 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_checkpoint, 
     assert "macro_f1" in tensorboard_tags(full)["dev"]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_checkpoint, sentiment_files, tmp_path):
+def checkpoint_values(path) -> dict:
+    reader = tf.train.load_checkpoint(str(path))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def test_nan_loss_keeps_the_checkpoint_from_before_the_divergence(tiny_checkpoint, sentiment_files, tmp_path):
+    """Loss at step s is computed on checkpoint s-1's weights: when it is NaN, s-1 is already
+    diverged; the kept checkpoint is s-2, identical to a run stopped there, and --resume uses it."""
     train, dev = sentiment_files
-    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "nan",
-                                           "train.learning_rate=1e12", "train.max_grad_norm=null",
-                                           "train.warmup_ratio=0", "train.checkpoint_every=1",
+    diverging = ["train.learning_rate=1e4", "train.lr_schedule=constant", "train.warmup_ratio=0",
+                 "train.max_grad_norm=null", "train.checkpoint_every=1", "train.keep_checkpoints=100",
+                 "train.log_every=1"]
+    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "nan", *diverging,
                                            "train.epochs=20"))
-    with pytest.raises(TfllmError, match="loss became"):
+    with pytest.raises(TfllmError, match="loss became nan at step") as failure:
         run_training(cfg)
+    step = int(re.search(r"at step (\d+)", str(failure.value)).group(1))
     run_dir = tmp_path / "nan"
-    assert not (run_dir / "model").exists()
+    assert step >= 4 and not (run_dir / "model").exists()
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
-    assert latest is not None
-    reader = tf.train.load_checkpoint(latest)
-    for name in reader.get_variable_to_shape_map():
-        value = reader.get_tensor(name)
-        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-            assert np.isfinite(value).all(), name
+    assert latest.endswith(f"ckpt-{step - 2}"), (latest, step)
+    assert not list((run_dir / "checkpoints").glob(f"ckpt-{step - 1}.*"))
+    train_loss = read_scalars(run_dir / "tensorboard" / "train", "loss")
+    assert np.isfinite(train_loss[step - 1]) and not np.isfinite(train_loss.get(step, np.nan))
+    # the same run stopped at step s-2 (constant rate: the schedule does not depend on the length)
+    reference = run_training(load_config(None, tiny_overrides(
+        tiny_checkpoint, train, dev, tmp_path / "reference", *diverging, f"train.max_steps={step - 2}")))
+    kept = checkpoint_values(latest)
+    expected = checkpoint_values(tf.train.latest_checkpoint(str(reference / "checkpoints")))
+    weights = [name for name in expected if name.startswith("model/")]
+    assert len(weights) > 20
+    for name in weights:
+        np.testing.assert_array_equal(kept[name], expected[name], err_msg=name)
 
 
 def test_early_stopping_restores_best(tiny_checkpoint, sentiment_files, tmp_path):

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from tfllm import io
 from tfllm.errors import TfllmError
 
 
@@ -321,7 +322,7 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    io.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _absolute_files(spec: Optional[str]) -> Optional[str]:

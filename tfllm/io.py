@@ -1,4 +1,9 @@
-"""Atomic file and directory writes: a crash never leaves a half-written output behind."""
+"""Durable, atomic file and directory writes: a crash never leaves a half-written output behind.
+
+Each write goes to a temporary name beside its target, is flushed to disk (``fsync``), renamed
+into place, and the folder is synced too, so after a crash or power loss the target holds either
+the old or the new content, never a mix.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,20 +13,53 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tfllm.faults import kill_point
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_files(paths) -> None:
+    """Flush the given files, then their folders, to disk."""
+    folders = set()
+    for path in paths:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        folders.add(Path(path).parent)
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file under ``path`` and every folder of it to disk."""
+    for folder, _, files in os.walk(path):
+        fsync_files(os.path.join(folder, name) for name in files)
+        fsync_dir(Path(folder))
+
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``text`` to a temporary file beside ``path``, sync it, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        kill_point("file_written")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, data) -> None:
@@ -30,18 +68,26 @@ def write_json(path: Path, data) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(path: Path):
-    """Yield a temporary directory; on success it replaces ``path`` (the old one is kept on failure)."""
+    """Yield a temporary directory; on success it replaces ``path`` (the old one is kept on failure).
+
+    The swap is two renames (old aside, new in). A crash between them leaves ``path`` missing
+    and the previous version at ``.<name>.old``, which the next swap cleans up.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    kill_point("directory_written")
     old = path.with_name(f".{path.name}.old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
+        kill_point("directory_moved_aside")
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)

@@ -135,8 +135,8 @@ def prepare_pretraining_data(cfg: Config, resume: bool = False, with_train: bool
 def run_pretraining(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     """Pretrain as ``cfg`` says; returns the run directory."""
     from tfllm.models.masked_lm import build_masked_lm
-    from tfllm.train import (_check_values, ensure_logging, prepare_run_dir, save_model,
-                             seed_everything, write_run_metadata)
+    from tfllm.train import (_check_values, already_finished, ensure_logging, prepare_run_dir,
+                             save_model, seed_everything, write_run_metadata)
     from tfllm.training.strategy import is_chief, make_strategy
     from tfllm.training.trainer import Trainer
 
@@ -144,6 +144,8 @@ def run_pretraining(cfg: Config, overwrite: bool = False, resume: bool = False) 
     ensure_logging()
     _check_values(cfg)
     check_pretraining_values(cfg)
+    if already_finished(cfg, resume):
+        return cfg.run_dir
     strategy = make_strategy(cfg.distribute)
     data = prepare_pretraining_data(cfg, resume)
     precision = seed_everything(cfg)

@@ -10,10 +10,11 @@ Each batch is masked afresh when it is produced, so every epoch sees different m
 * whole-word masking chooses *words* (a WordPiece token plus its ``##`` continuations) with the
   same probability, and applies the 80/10/10 decision to the whole word, so a word is never split.
 
-Randomness is stateless: the seed of a batch is ``(seed, fingerprint of the batch's token ids)``.
-Training batches differ from epoch to epoch (a new shuffle), so their masks do too, while a
-resumed run re-draws exactly the masks of the interrupted one and a held-out set (never
-shuffled) gets the same masks at every evaluation, so its perplexity is comparable over time.
+Randomness is stateless: the seed of a batch is ``(seed, epoch, fingerprint of the batch's
+token ids)``. Masks differ from epoch to epoch, even for a batch that comes back unchanged (a
+corpus of one batch, or unshuffled data), while a resumed run re-draws exactly the masks of the
+interrupted one and a held-out set (always read as epoch 0) gets the same masks at every
+evaluation, so its perplexity is comparable over time.
 
     >>> spec = MaskingSpec.from_tokenizer(tokenizer, mlm_probability=0.15)
     >>> ids, labels = mask_tokens(input_ids, attention_mask, spec, seed=[0, 1])
@@ -78,14 +79,15 @@ def check_probability(p: float) -> None:
         raise TfllmError(f"config key data.mlm_probability: {p} must be between 0 and 1 (exclusive)")
 
 
-def batch_seed(input_ids, seed: int) -> tf.Tensor:
-    """A stateless-RNG seed ``[2]`` from a global seed and a fingerprint of the batch's ids."""
+def batch_seed(input_ids, seed: int, epoch=0) -> tf.Tensor:
+    """A stateless-RNG seed ``[2]`` from a global seed, the epoch and a fingerprint of the batch's ids."""
     text = tf.strings.reduce_join(tf.strings.as_string(tf.reshape(input_ids, [-1])), separator=",")
     shape = tf.strings.as_string(tf.shape(input_ids))
     fingerprint = tf.strings.to_hash_bucket_fast(
         tf.strings.join([text, tf.strings.reduce_join(shape, separator="x")], separator="|"),
         2 ** 31 - 1)
-    return tf.stack([tf.constant(seed, tf.int64), fingerprint])
+    epoch = tf.cast(epoch, tf.int64)
+    return tf.stack([tf.constant(seed, tf.int64) + epoch * 1_000_003, fingerprint])
 
 
 def word_starts(input_ids, special, continuation) -> tf.Tensor:
@@ -140,9 +142,10 @@ def make_masking_fn(spec: MaskingSpec, seed: int, nsp: bool = False):
     ``labels`` from the pipeline are the examples' NSP labels when ``nsp`` (else ignored).
     """
 
-    def map_fn(features, labels, weights):
+    def map_fn(features, labels, weights, epoch=0):
         ids = features["input_ids"]
-        masked, mlm_labels = mask_tokens(ids, features["attention_mask"], spec, batch_seed(ids, seed))
+        masked, mlm_labels = mask_tokens(ids, features["attention_mask"], spec,
+                                         batch_seed(ids, seed, epoch))
         features = dict(features, input_ids=masked)
         y = tf.concat([mlm_labels, tf.cast(labels, tf.int32)[:, None]], axis=1) if nsp else mlm_labels
         return features, y, weights

@@ -50,9 +50,15 @@ class BatchPlan:
 
     def iterate(self, start_step: int = 0, epochs: Optional[int] = None) -> Iterator[np.ndarray]:
         """Batches from global step ``start_step`` on, across epochs (forever if epochs is None)."""
+        for _, batch in self.numbered(start_step, epochs):
+            yield batch
+
+    def numbered(self, start_step: int = 0, epochs: Optional[int] = None) -> Iterator[tuple[int, np.ndarray]]:
+        """``(epoch, batch)`` pairs, as :meth:`iterate`."""
         epoch, skip = divmod(start_step, self.steps_per_epoch)
         while epochs is None or epoch < epochs:
-            yield from self.epoch(epoch)[skip:]
+            for batch in self.epoch(epoch)[skip:]:
+                yield epoch, batch
             epoch, skip = epoch + 1, 0
 
 
@@ -97,23 +103,27 @@ def make_dataset(encoded: Encoded, plan: BatchPlan, num_replicas: int = 1, start
 
     Each global batch from ``plan`` is split into ``num_replicas`` slices; this worker yields the
     slices of its own replicas in order, which is how ``distribute_datasets_from_function``
-    hands successive elements to a worker's replicas. ``map_fn`` transforms each batch in-graph
-    (e.g. masked-LM masking).
+    hands successive elements to a worker's replicas. ``map_fn(features, labels, weights,
+    epoch)`` transforms each batch in-graph (e.g. masked-LM masking, whose masks then differ
+    from epoch to epoch even when a batch repeats) and returns the first three.
     """
     local = num_replicas // num_pipelines
     mine = range(pipeline_id * local, (pipeline_id + 1) * local)
 
     def generate():
-        for indices in plan.iterate(start_step, epochs):
+        for epoch, indices in plan.numbered(start_step, epochs):
             if len(indices) < num_replicas:  # too few examples left to give every replica one
                 continue
             slices = replica_slices(indices, num_replicas)
             for r in mine:
-                yield pad_batch(encoded, slices[r], multiple, global_size=len(indices))
+                yield (*pad_batch(encoded, slices[r], multiple, global_size=len(indices)), epoch)
 
-    ds = tf.data.Dataset.from_generator(generate, output_signature=feature_spec())
+    signature = (*feature_spec(), tf.TensorSpec([], tf.int64))
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     if map_fn is not None:
         ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda features, labels, weights, epoch: (features, labels, weights))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     options.deterministic = True

@@ -63,6 +63,12 @@ class RunReporter:
         self.train_writer.close()
         self.dev_writer.close()
 
+    def __enter__(self) -> "RunReporter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def write_dev_scalars(run_dir: Path, step: int, metrics: dict) -> None:
     """Add one step's dev scalars to ``run_dir/tensorboard/dev`` (e.g. the final evaluation)."""

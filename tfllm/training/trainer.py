@@ -3,8 +3,13 @@
 It drives a :class:`~tfllm.models.base.TaskModel` under any ``tf.distribute`` strategy with
 Keras' own ``make_train_function`` / ``make_test_function``, and adds what long runs need:
 periodic dev evaluation, early stopping with best-weights restore, ``tf.train.CheckpointManager``
-checkpoints with exact resume (same batches in the same order), a guard that stops on a NaN/Inf
-loss keeping the last good checkpoint, and TensorBoard logging.
+checkpoints with exact resume (same batches in the same order, the same dropout draws), a guard
+that stops on a NaN/Inf loss keeping the last checkpoint before the divergence, a checkpoint and
+a clean exit on Ctrl-C / SIGTERM, and TensorBoard logging.
+
+A checkpoint holds the weights, the optimizer, the dropout RNG state and the :class:`TrainState`
+(as a string variable), so what resume reads can never disagree with the weights it restores.
+An unreadable checkpoint (truncated, corrupt) is skipped for the previous one, with a warning.
 
     >>> with strategy.scope():
     ...     model, _ = build_classifier(cfg.model, num_labels=2)
@@ -13,9 +18,11 @@ loss keeping the last good checkpoint, and TensorBoard logging.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -29,6 +36,8 @@ from tfllm.config import TrainConfig
 from tfllm.data.pipeline import BatchPlan, distribute
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
+from tfllm.faults import kill_point
+from tfllm.training.interrupts import StopSignals
 from tfllm.training.optimization import make_optimizer
 from tfllm.training.reporting import RunReporter
 
@@ -46,7 +55,7 @@ class SplitData:
 
 @dataclass
 class TrainState:
-    """What resume needs beyond the weights: saved as ``ckpt-N.state.json`` beside each checkpoint."""
+    """What resume needs beyond the weights; saved inside each checkpoint (``train_state``)."""
     step: int = 0
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
@@ -91,8 +100,10 @@ class Trainer:
             self.model.compile(optimizer=optimizer, jit_compile=jit)
             self.model(sample_batch, training=False)
             optimizer.build(self.model.trainable_variables)
+        self.state_text = tf.Variable("{}", dtype=tf.string, trainable=False, name="train_state")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer,
-                                              dropout_rng=dropout_generators(self.model))
+                                              dropout_rng=dropout_generators(self.model),
+                                              train_state=self.state_text)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.ckpt_dir),
                                                   max_to_keep=self.cfg.keep_checkpoints,
                                                   checkpoint_name="ckpt")
@@ -104,8 +115,10 @@ class Trainer:
         sample = _sample_features(train.encoded)
         self.compile(total, sample)
         state = self._restore(resume)
-        if state.step >= total:
-            log.info("run already finished at step %d", state.step)
+        if state.step >= total or state.stopped_early:
+            log.info("--resume: training had already %s at step %d",
+                     "stopped early" if state.stopped_early else "finished", state.step)
+            self._restore_best_weights(state)
             return state
         eval_every = self.cfg.eval_every or train.plan.steps_per_epoch
         skip_last_eval = (self.final_eval_follows and not self.cfg.restore_best
@@ -121,7 +134,7 @@ class Trainer:
                                   multiple=self.multiple, map_fn=train.map_fn))
         train_function = self.model.make_train_function()
         self.model.reset_metrics()
-        try:
+        with StopSignals() as stop, reporter:
             while state.step < total:
                 for callback in self.step_callbacks:
                     callback(self, state.step)
@@ -140,27 +153,47 @@ class Trainer:
                              state.step, self.cfg.early_stopping_metric,
                              self.cfg.early_stopping_patience)
                     break
-                if state.step % self.cfg.checkpoint_every == 0:
+                if state.step % self.cfg.checkpoint_every == 0 or stop.received:
                     self._save(state)
-        finally:
-            reporter.close()
+                if stop.received:
+                    raise stop.interrupted(state.step, self.restore_dir.parent)
         self._save(state)
-        if self.cfg.restore_best and state.best_step is not None and state.best_step != state.step:
-            self._restore_best()
-            log.info("restored the best dev weights (step %d, %s=%.4f)", state.best_step,
-                     self.cfg.early_stopping_metric, state.best_metric)
+        self._restore_best_weights(state)
         return state
 
     def _check_finite(self, logs: dict, step: int) -> None:
-        loss = float(logs["loss"])
+        """Stop on a NaN/Inf loss, keeping only checkpoints from before the divergence.
+
+        The loss of step ``step`` is computed on the weights after ``step - 1`` updates, so
+        checkpoint ``step - 1`` holds weights that already give a non-finite loss: the last good
+        checkpoint is the newest one before it whose weights are all finite.
+        """
+        loss = float(logs["loss"])  # the mean since the last report: finite until a step is not
         if math.isfinite(loss):
             return
-        latest = self.manager.latest_checkpoint
-        if latest:
-            self.checkpoint.restore(latest).expect_partial()
-        kept = f"last good checkpoint {latest} kept" if latest else "no checkpoint had been written"
-        raise TfllmError(f"training loss became {loss} at step {step}; stopped ({kept}). "
+        kept = self._rewind(before=step - 1)
+        where = f"kept {kept} and restored it" if kept else "no checkpoint had been written before it"
+        raise TfllmError(f"training loss became {loss} at step {step}; stopped ({where}). "
                          "Try a lower train.learning_rate or train.max_grad_norm")
+
+    def _rewind(self, before: int) -> Optional[str]:
+        """Delete checkpoints from step ``before`` on (and any with non-finite weights); restore
+        and return the newest remaining one, which becomes the one ``--resume`` starts from."""
+        kept = None
+        for path in checkpoint_paths(self.ckpt_dir):  # newest first
+            if kept is None and checkpoint_number(path) < before and finite_checkpoint(path):
+                kept = path
+                continue
+            if kept is None:
+                for file in self.ckpt_dir.glob(f"{Path(path).name}.*"):
+                    file.unlink()
+        if kept:
+            tf.compat.v1.train.update_checkpoint_state(
+                str(self.ckpt_dir), kept, all_model_checkpoint_paths=checkpoint_paths(self.ckpt_dir)[::-1])
+            self.checkpoint.restore(kept).expect_partial()
+        else:
+            (self.ckpt_dir / "checkpoint").unlink(missing_ok=True)
+        return kept
 
     # --- evaluation and early stopping ----------------------------------------------------
     def evaluate(self, dev: SplitData) -> tuple[dict, Optional[np.ndarray]]:
@@ -195,7 +228,7 @@ class Trainer:
         if improved:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
             if self.cfg.restore_best:
-                self._save_best()
+                self._save_best(state.step)
         else:
             state.evals_without_improvement += 1
         patience = self.cfg.early_stopping_patience
@@ -203,38 +236,93 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------
     def _save(self, state: TrainState) -> None:
-        if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{state.step}"):
+        """Checkpoint ``state.step`` (weights, optimizer, RNG and ``state`` in one checkpoint)."""
+        if self.manager.latest_checkpoint and checkpoint_number(self.manager.latest_checkpoint) == state.step:
             return
+        self.state_text.assign(json.dumps(dataclasses.asdict(state)))
         path = self.manager.save(checkpoint_number=state.step)
-        io.write_json(Path(f"{path}.state.json"), state.__dict__)
-        kept = {f"{Path(p).name}.state.json" for p in self.manager.checkpoints}
-        for old in self.ckpt_dir.glob("ckpt-*.state.json"):
-            if old.name not in kept:
-                old.unlink()
+        io.fsync_files(self.ckpt_dir.glob(f"{Path(path).name}.*"))
+        kill_point("checkpoint_saved")
+        for old in (self.ckpt_dir / "best").glob("step-*.index"):  # best weights nobody refers to
+            if checkpoint_number(str(old)[:-len(".index")]) != state.best_step:
+                for file in old.parent.glob(f"{old.stem}.*"):
+                    file.unlink()
 
-    def _best_prefix(self) -> str:
-        return str(self.ckpt_dir / "best" / "weights")
+    def _best_prefix(self, step: int) -> str:
+        return str(self.ckpt_dir / "best" / f"step-{step}")
 
-    def _save_best(self) -> None:
-        tf.train.Checkpoint(model=self.model).write(self._best_prefix())
+    def _save_best(self, step: int) -> None:
+        """Best dev weights under their own step's name: never written over a file in use."""
+        tf.train.Checkpoint(model=self.model).write(self._best_prefix(step))
 
-    def _restore_best(self) -> None:
-        tf.train.Checkpoint(model=self.model).read(self._best_prefix()).expect_partial()
+    def _restore_best_weights(self, state: TrainState) -> None:
+        if not (self.cfg.restore_best and state.best_step is not None and state.best_step != state.step):
+            return
+        prefix = Path(self._best_prefix(state.best_step))
+        if not prefix.with_name(prefix.name + ".index").is_file():
+            prefix = Path(self.restore_dir / "best" / prefix.name)  # a resumed run's own best
+        try:
+            tf.train.Checkpoint(model=self.model).read(str(prefix)).expect_partial()
+        except Exception as e:  # noqa: BLE001 (any unreadable file: keep the last weights, say so)
+            log.warning("the best dev weights (step %d) are unreadable (%s); keeping the last "
+                        "step's weights", state.best_step, _first_line(e))
+            return
+        log.info("restored the best dev weights (step %d, %s=%.4f)", state.best_step,
+                 self.cfg.early_stopping_metric, state.best_metric)
 
     def _restore(self, resume: bool) -> TrainState:
+        """The newest readable checkpoint's weights and state (``resume``), else a fresh state."""
         if not resume:
             return TrainState()
-        latest = tf.train.latest_checkpoint(str(self.restore_dir))
-        if not latest:
+        paths = checkpoint_paths(self.restore_dir)
+        if not paths:
             log.info("--resume: no checkpoint in %s, starting from step 0", self.restore_dir)
             return TrainState()
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        state_file = Path(f"{latest}.state.json")
-        state = TrainState(**json.loads(state_file.read_text())) if state_file.is_file() else TrainState()
-        state.step = int(self.model.optimizer.iterations.numpy())
-        state.history = [h for h in state.history if h["step"] <= state.step]
-        log.info("resumed from %s (step %d)", latest, state.step)
-        return state
+        for path in paths:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (ValueError, AssertionError) as e:
+                raise TfllmError(f"--resume: checkpoint {path} does not fit this model "
+                                 f"({_first_line(e)}); were the run's model settings changed?") from None
+            except Exception as e:  # noqa: BLE001 (truncated or corrupt files raise many types)
+                log.warning("--resume: checkpoint %s is unreadable (%s); falling back to the "
+                            "previous one", path, _first_line(e))
+                continue
+            state = TrainState(**json.loads(self.state_text.numpy().decode("utf-8")))
+            state.step = int(self.model.optimizer.iterations.numpy())
+            state.history = [h for h in state.history if h["step"] <= state.step]
+            log.info("resumed from %s (step %d)", path, state.step)
+            return state
+        raise TfllmError(f"--resume: none of the {len(paths)} checkpoints in {self.restore_dir} "
+                         "is readable; start the run again with --overwrite")
+
+
+def checkpoint_number(path: str) -> int:
+    return int(re.search(r"-(\d+)$", str(path)).group(1))
+
+
+def checkpoint_paths(folder: Path) -> list[str]:
+    """``ckpt-N`` prefixes found on disk, newest first (the ``checkpoint`` index file may be
+    stale or damaged; the files themselves are what counts)."""
+    found = [str(p)[:-len(".index")] for p in Path(folder).glob("ckpt-*.index")]
+    return sorted((p for p in found if re.search(r"-\d+$", p)), key=checkpoint_number, reverse=True)
+
+
+def finite_checkpoint(path: str) -> bool:
+    """True if every floating-point tensor in the checkpoint is finite."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+                return False
+    except Exception:  # noqa: BLE001 (unreadable is not good)
+        return False
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def dropout_generators(model) -> list:
