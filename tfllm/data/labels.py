@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError
 
 
@@ -50,9 +51,16 @@ class LabelMap:
 
     @classmethod
     def load(cls, path: Path) -> "LabelMap":
+        """The map saved with a run; a missing, malformed or duplicated label list names the file."""
         if not path.is_file():
             raise TfllmError(f"label map not found: {path}")
-        return cls(tuple(json.loads(path.read_text(encoding="utf-8"))["labels"]))
+        data = read_json(path)
+        names = data.get("labels") if isinstance(data, dict) else None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise TfllmError(f'{path}: expected {{"labels": ["name", ...]}} with at least one label')
+        if len(set(names)) != len(names):
+            raise TfllmError(f"{path}: a label is listed more than once")
+        return cls(tuple(names))
 
 
 def _is_int(text: str) -> bool:

@@ -92,6 +92,18 @@ def read_text(path: Path) -> str:
                          "re-encode the file as UTF-8") from None
 
 
+def read_json(path: Path):
+    """A JSON file's value; invalid UTF-8 or JSON is reported with its line."""
+    return _load_json(path, read_text(Path(path)))
+
+
+def _load_json(path: Path, text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TfllmError(f"{path} line {e.lineno}: malformed JSON ({e.msg})") from None
+
+
 def read_table(path: Path, fmt: str = "auto", has_header: bool = True,
                column_names: Optional[list[str]] = None) -> pd.DataFrame:
     """Read a data file into a DataFrame of strings (JSON values keep their types)."""
@@ -184,10 +196,7 @@ def _parse_jsonl(path: Path, text: str) -> pd.DataFrame:
 
 
 def _parse_json(path: Path, text: str) -> pd.DataFrame:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TfllmError(f"{path} line {e.lineno}: malformed JSON ({e.msg})") from None
+    data = _load_json(path, text)
     if isinstance(data, dict):  # {"data": [...]} or column -> list
         lists = [v for v in data.values() if isinstance(v, list)]
         data = lists[0] if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]) else data
