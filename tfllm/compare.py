@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import logging
 import os
 import time
@@ -91,13 +90,19 @@ def row_metrics(logits: np.ndarray, labels: np.ndarray, reference: Optional[np.n
 
 def export_is_current(path: Path, run_dir: Path, cfg, mode: str) -> bool:
     """Whether ``path`` was exported from the run's current model with its current int8 settings."""
+    from tfllm.data.readers import read_json
+
     meta_file = path.with_suffix(".json")
     if not path.is_file() or not meta_file.is_file():
         return False
     if path.stat().st_mtime < (run_dir / "model" / "tf_model.h5").stat().st_mtime:
         return False
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    return meta.get("float_ops") == (list(cfg.compression.int8.float_ops) if mode == "int8" else None)
+    try:
+        meta = read_json(meta_file)
+    except TfllmError:  # unreadable metadata: export again (it replaces both files)
+        return False
+    wanted = list(cfg.compression.int8.float_ops) if mode == "int8" else None
+    return isinstance(meta, dict) and meta.get("float_ops") == wanted
 
 
 def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int] = None,

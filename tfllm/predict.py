@@ -32,21 +32,21 @@ class Classifier:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Classifier":
+        """A classification run, loaded by :func:`tfllm.export.tflite.load_run` (which checks it)."""
         from tfllm.config import load_config
-        from tfllm.data.labels import LabelMap
-        from tfllm.data.tokenization import load_tokenizer
-        from tfllm.models.classifier import load_classifier
+        from tfllm.export.tflite import load_run
 
         run_dir = Path(run_dir)
         if not (run_dir / "model" / "config.json").is_file():
             raise TfllmError(f"{run_dir} is not a finished tfllm run (no model/ inside)")
-        cfg = load_config(run_dir / "config.yaml")
-        if cfg.train.task == "masked_lm":
+        if load_config(run_dir / "config.yaml").train.task == "masked_lm":
             raise TfllmError(f"{run_dir} is a masked-LM run, not a classifier: use --fill-mask "
                              '"text with [MASK]"')
-        labels = LabelMap.load(run_dir / "label_map.json")
-        return cls(run_dir, load_classifier(str(run_dir / "model")),
-                   load_tokenizer(run_dir / "model"), labels.names, cfg.data.max_length, cfg)
+        cfg, labels, tokenizer, model = load_run(run_dir)
+        from tfllm.models.classifier import BertClassifier
+
+        return cls(run_dir, BertClassifier(model, len(labels)), tokenizer, labels,
+                   cfg.data.max_length, cfg)
 
     def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
                batch_size: int = 64) -> np.ndarray:

@@ -15,7 +15,6 @@ convert than through a temporary SavedModel, same ops, but no signature table.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import weakref
@@ -25,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfllm import io
+from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError
 
 log = logging.getLogger("tfllm")
@@ -208,10 +208,12 @@ def _converter(hf_model, mode, representative, output_type, strict_int8):
 
 
 def load_run(run_dir: str | Path):
-    """``(cfg, label names, tokenizer, HF model)`` of a finished run."""
+    """``(cfg, label names, tokenizer, HF model)`` of a finished classification run; a corrupt
+    ``config.json``, ``tf_model.h5`` or ``label_map.json`` is a :class:`TfllmError` naming it."""
     from tfllm.config import load_config
     from tfllm.data.labels import LabelMap
     from tfllm.data.tokenization import load_tokenizer
+    from tfllm.models.checkpoints import check_bert_config, load_trained
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -220,12 +222,16 @@ def load_run(run_dir: str | Path):
         raise TfllmError(f"{run_dir} is not a finished tfllm run (no model/ inside); train it first")
     if not (run_dir / "config.yaml").is_file():
         raise TfllmError(f"{run_dir} has no config.yaml; is it a tfllm run directory?")
-    from transformers import TFBertForSequenceClassification
-
     cfg = load_config(run_dir / "config.yaml")
     labels = LabelMap.load(run_dir / "label_map.json").names
+    check_bert_config(run_dir / "model")  # before the slow TensorFlow import
     tokenizer = load_tokenizer(run_dir / "model")
-    model = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
+    from transformers import TFBertForSequenceClassification
+
+    model = load_trained(TFBertForSequenceClassification, run_dir / "model")
+    if len(labels) != model.config.num_labels:
+        raise TfllmError(f"{run_dir / 'label_map.json'}: {len(labels)} labels, but the model in "
+                         f"{run_dir / 'model'} predicts {model.config.num_labels}")
     return cfg, list(labels), tokenizer, model
 
 
@@ -259,7 +265,9 @@ def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str
         if loaded is not None:  # never wrap a caller's model in place
             from transformers import TFBertForSequenceClassification
 
-            model = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
+            from tfllm.models.checkpoints import load_trained
+
+            model = load_trained(TFBertForSequenceClassification, run_dir / "model")
         model = qat_model(run_dir, model)
     int8 = cfg.compression.int8
     output_type = int8.output_type if mode == "int8" else "float32"
@@ -269,13 +277,23 @@ def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str
     flatbuffer = convert(model, mode, representative, output_type, float_ops)
     path = out_dir / model_filename(mode)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(flatbuffer)
-    os.replace(tmp, path)
+    write_bytes(path, flatbuffer)
     tokenizer.save_pretrained(str(out_dir))
     io.write_json(path.with_suffix(".json"), metadata(path, mode, cfg, labels, tokenizer, run_dir))
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temporary file renamed into place; a failed write (disk full) names
+    ``path`` and leaves the previous file as it was."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> dict:
@@ -343,8 +361,7 @@ class TFLiteClassifier:
         if not meta_file.is_file():
             raise TfllmError(f"{path}: its metadata {meta_file.name} is missing (export with "
                              "python -m tfllm.export)")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        return cls(path, meta, load_tokenizer(path.parent), num_threads)
+        return cls(path, read_json(meta_file), load_tokenizer(path.parent), num_threads)
 
     def encode(self, text: str, pair: Optional[str] = None) -> dict:
         from tfllm.compression.ptq import encode_one
