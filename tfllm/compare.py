@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tfllm import io
-from tfllm.cli import main_guard, setup_logging
+from tfllm.cli import MACHINE_MEMORY_HINT, main_guard, parse_command_line, setup_logging
 from tfllm.errors import TfllmError
 
 log = logging.getLogger("tfllm")
@@ -188,7 +188,7 @@ def print_report(report: dict) -> None:
     print(markdown(report["rows"]))
 
 
-@main_guard
+@main_guard(memory_hint=MACHINE_MEMORY_HINT)
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfllm.compare", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a finished run directory")
@@ -198,7 +198,7 @@ def main(argv=None):
     parser.add_argument("--quantize", help="comma-separated TFLite variants (default: all)")
     parser.add_argument("--threads", type=int, help="LiteRT interpreter threads (default: all cores)")
     parser.add_argument("--calibration-data", help="int8 calibration data (default: training data)")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     setup_logging()
     modes = None
     if args.quantize:

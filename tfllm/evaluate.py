@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfllm import io
-from tfllm.cli import main_guard, setup_logging
+from tfllm.cli import main_guard, parse_command_line, setup_logging
 from tfllm.errors import TfllmError
 
 
@@ -76,7 +76,7 @@ def print_metrics(metrics: dict, title: str) -> None:
     print(metrics["report"])
 
 
-@main_guard
+@main_guard(memory_hint="lower --batch-size")
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfllm.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a finished run directory, or an exported .tflite model")
@@ -86,7 +86,10 @@ def main(argv=None):
     parser.add_argument("--label-column")
     parser.add_argument("--format", default=None)
     parser.add_argument("--out", help="output directory (default RUN_DIR/eval/<data file stem>)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per batch (64)")
+    args = parse_command_line(parser, argv)
+    if args.batch_size < 1:
+        raise TfllmError(f"--batch-size must be at least 1, got {args.batch_size}")
     setup_logging()
     from tfllm.data.readers import read_examples
     from tfllm.predict import Classifier
@@ -107,7 +110,7 @@ def main(argv=None):
     from tfllm.data.labels import LabelMap
 
     labels = LabelMap(tuple(classifier.label_names)).encode(examples.labels, args.data)
-    logits = classifier.logits(examples.texts, examples.pairs)
+    logits = classifier.logits(examples.texts, examples.pairs, args.batch_size)
     out = Path(args.out) if args.out else default_out
     metrics = write_evaluation(out, examples, logits, labels, classifier.label_names,
                                extra={"data": args.data})

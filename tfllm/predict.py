@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfllm.cli import main_guard, setup_logging
+from tfllm.cli import main_guard, parse_command_line, setup_logging
 from tfllm.errors import TfllmError
 
 
@@ -62,10 +62,11 @@ class Classifier:
         logits[order] = outputs
         return logits
 
-    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list[dict]:
+    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+                batch_size: int = 64) -> list[dict]:
         from tfllm.models.classifier import softmax
 
-        probabilities = softmax(self.logits(texts, pairs))
+        probabilities = softmax(self.logits(texts, pairs, batch_size))
         rows = []
         for i, (text, p) in enumerate(zip(texts, probabilities)):
             row = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
@@ -106,7 +107,7 @@ def fill_mask_main(args) -> None:
     sys.stdout.flush()
 
 
-@main_guard
+@main_guard(memory_hint="lower --batch-size")
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfllm.predict", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a finished run directory (runs/NAME)")
@@ -116,7 +117,10 @@ def main(argv=None):
                         help="masked-LM runs: the top-k tokens for each [MASK] in TEXT (repeatable; "
                              "texts and --input lines are filled too)")
     parser.add_argument("--top-k", type=int, default=5, help="with --fill-mask: tokens per [MASK] (5)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per batch (64)")
+    args = parse_command_line(parser, argv)
+    if args.batch_size < 1:
+        raise TfllmError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.fill_mask:
         return fill_mask_main(args)
     texts = list(args.texts) + (read_lines(args.input) if args.input else [])
@@ -134,7 +138,7 @@ def main(argv=None):
             if len(parts) != 2 or not parts[1].strip():
                 raise TfllmError(f"text {i}: this run classifies sentence pairs; give 'first<TAB>second'")
         texts, pairs = [p[0] for p in split], [p[1] for p in split]
-    for row in classifier.predict(texts, pairs):
+    for row in classifier.predict(texts, pairs, args.batch_size):
         print(json.dumps(row, ensure_ascii=False))
     sys.stdout.flush()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tfllm import io
-from tfllm.cli import main_guard, setup_logging
+from tfllm.cli import main_guard, parse_command_line, setup_logging
 from tfllm.config import Config, load_config, save_config, with_absolute_paths
 from tfllm.errors import TfllmError
 
@@ -243,7 +243,7 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
     parser.add_argument("--verbose", action="store_true", help="show library logs")
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv)
 
 
 @main_guard

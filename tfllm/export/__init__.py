@@ -14,7 +14,7 @@ import argparse
 import difflib
 from pathlib import Path
 
-from tfllm.cli import main_guard, setup_logging
+from tfllm.cli import MACHINE_MEMORY_HINT, main_guard, parse_command_line, setup_logging
 from tfllm.errors import TfllmError
 
 FORMATS = ("tflite", "saved_model")
@@ -53,10 +53,10 @@ def parse_args(argv=None):
                         "run's training data)")
     parser.add_argument("--report", action="store_true", help="then compare every exported variant")
     parser.add_argument("--verbose", action="store_true", help="show library logs")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv)
 
 
-@main_guard
+@main_guard(memory_hint=MACHINE_MEMORY_HINT)
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.verbose)

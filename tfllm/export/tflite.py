@@ -390,8 +390,10 @@ class TFLiteClassifier:
             logits = (logits.astype(np.float32) - self.zero_point) * self.scale
         return logits.astype(np.float32)
 
-    def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
-        """Logits ``[n, num_labels]``, one interpreter call per text (batch 1, no padding)."""
+    def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+               batch_size: int = 1) -> np.ndarray:
+        """Logits ``[n, num_labels]``, one interpreter call per text (batch 1, no padding; a
+        ``batch_size`` as :meth:`tfllm.predict.Classifier.logits` takes is ignored)."""
         rows = [self.run(self.encode(t, pairs[i] if pairs is not None else None))
                 for i, t in enumerate(texts)]
         return np.stack(rows) if rows else np.zeros((0, len(self.label_names)), np.float32)
