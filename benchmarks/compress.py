@@ -6,6 +6,9 @@
 1. **Base run**: a finished SST-2 fine-tuning run of the packaged MiniLM-L6 (``--base-run``, e.g.
    the one ``benchmarks/finetune.py`` leaves in ``--out/sst2_minilm``); without it, one is trained
    with ``configs/sst2_minilm.yaml`` (1 epoch) into ``--out/sst2_minilm``.
+   **No run picks its checkpoint on the dev set it is scored on**: the base run and every phase
+   run with ``train.restore_best=false`` (the final step's weights); a ``--base-run`` that did
+   select on dev is refused (``--allow-dev-selected-base`` to use it anyway, flagged in the report).
 2. **Compression phases** from that run (``model.checkpoint=<base>``, same Trainer), batch 32,
    as many steps as each config says (or ``--compress-steps``): magnitude pruning to 50% and to
    80% of every encoder kernel, distilling from the base run (``configs/sst2_minilm_pruned.yaml``),
@@ -23,12 +26,14 @@
    accuracy within 1.0 point of FP32; QAT int8 accuracy >= PTQ int8; 50% sparsity within 1.0
    point of dense.
 
-Output: the Markdown table, the target checks and one final ``RESULT ...`` line, also written to
-``--out/compress_benchmark.md``.
+Output: the machine line (CPU model, ISA flags), the Markdown table, the target checks and one
+final ``RESULT ...`` line, also written to ``--out/compress_benchmark.md`` and, with a header
+(date, machine, command, git commit), to ``benchmarks/results/compress.md``.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import sys
@@ -50,8 +55,19 @@ CONFIGS = common.ROOT / "configs"
 SST2 = common.SHARED_DATA / "sst2"
 
 
+NO_DEV_SELECTION = "train.restore_best=false"  # the final step's weights: no pick on dev
+
+
 def data_overrides(args) -> list[str]:
-    return [f"data.train_file={SST2}/train.tsv", f"data.dev_file={SST2}/dev.tsv"]
+    return [f"data.train_file={SST2}/train.tsv", f"data.dev_file={SST2}/dev.tsv", NO_DEV_SELECTION]
+
+
+def selected_on_dev(run: Path) -> bool:
+    """Whether a finished run kept its best dev checkpoint (``train.restore_best``, default on)."""
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    return bool((config.get("train") or {}).get("restore_best", True))
 
 
 def ensure_base(args) -> Path:
@@ -59,6 +75,9 @@ def ensure_base(args) -> Path:
         base = Path(args.base_run)
         if not (base / "model" / "tf_model.h5").is_file():
             sys.exit(f"error: --base-run {base} is not a finished run")
+        if selected_on_dev(base) and not args.allow_dev_selected_base:
+            sys.exit(f"error: --base-run {base} picked its checkpoint on dev (train.restore_best); "
+                     "rerun it with train.restore_best=false or pass --allow-dev-selected-base")
         return base
     base = Path(args.out) / "sst2_minilm"
     if not (base / "model" / "tf_model.h5").is_file():
@@ -137,11 +156,14 @@ def main(argv=None):
                              "pruning 1,500, QAT 800)")
     parser.add_argument("--dev-examples", type=int, default=None, help="dev phrases evaluated (default all)")
     parser.add_argument("--latency-examples", type=int, default=200, help="phrases timed per variant")
+    parser.add_argument("--allow-dev-selected-base", action="store_true",
+                        help="accept a --base-run that kept its best dev checkpoint (flagged in the report)")
     parser.add_argument("--retrain", action="store_true",
                         help="retrain compression runs that exist (default: reuse them, whatever their steps)")
     args = parser.parse_args(argv)
     setup_logging()
-    started = time.time()
+    log.info("%s", common.machine_line())
+    started, started_at = time.time(), datetime.datetime.now(datetime.timezone.utc)
     Path(args.out).mkdir(parents=True, exist_ok=True)
 
     base = ensure_base(args)
@@ -217,7 +239,9 @@ def main(argv=None):
         "QAT int8 accuracy >= PTQ int8": values["qat_int8_acc"] >= values["int8_acc"],
         "50% pruned within 1.0 point of dense": values["fp32_acc"] - values["pruned50_acc"] <= 1.0,
     }
-    lines = [table, "", f"{report['examples']} dev phrases; latency over {report['latency_examples']} "
+    dev_selected = [name for name, run in (("base", base), ("50% pruning", pruned50),
+                                           ("80% pruning", pruned80), ("QAT", qat)) if selected_on_dev(run)]
+    lines = [common.machine_line(), "", table, "", f"{report['examples']} dev phrases; latency over {report['latency_examples']} "
              f"phrases at batch 1; compression phases from {base}: " + ", ".join(
                  f"{name} {json.loads((run / 'metrics.json').read_text())['steps']} steps"
                  for name, run in (("50% pruning", pruned50), ("80% pruning", pruned80), ("QAT", qat))),
@@ -227,13 +251,19 @@ def main(argv=None):
              f"{gemm['fp32']:.2f} ms, int8 {gemm['int8']:.2f} ms ({gemm['fp32'] / gemm['int8']:.2f}x): "
              f"the int8 speed-up this CPU's kernels allow.",
              "vs FP32: accuracy difference from the FP32 Keras model in points, with a 95% paired "
-             "bootstrap interval over the dev phrases (what the dev set can resolve).", ""]
+             "bootstrap interval over the dev phrases (what the dev set can resolve).",
+             "Checkpoint selection: " + ("every run (base, pruning, QAT) reports its final step "
+                                         "(train.restore_best=false): none was picked on this dev set."
+                                         if not dev_selected else "WARNING: picked on this dev set: "
+                                         + ", ".join(dev_selected) + "."), ""]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in targets.items()]
     result = common.result_line(**values, targets_met=f"{sum(targets.values())}/{len(targets)}",
-                                minutes=(time.time() - started) / 60)
+                                dev_selected=len(dev_selected), minutes=(time.time() - started) / 60,
+                                isa=",".join(common.machine_info()["flags"]) or "none")
     text = "\n".join(lines + ["", result])
     print(text)
     (Path(args.out) / "compress_benchmark.md").write_text(text + "\n", encoding="utf-8")
+    common.write_report("compress", text, "Compression benchmark (SST-2 MiniLM)", started=started_at)
     (Path(args.out) / "compress_benchmark.json").write_text(json.dumps({"rows": rows, "values": values},
                                                                       indent=2, default=float))
 
