@@ -10,16 +10,22 @@ and the models over, then time:
 
 Each text runs at its own length (no padding), as ``tfllm.compare`` times it; the models are
 interleaved over ``--rounds`` rounds so that machine drift hits them alike. The first model is the
-baseline of the speed-up column. Prints a Markdown table and one ``RESULT`` line.
+baseline of the speed-up column. Prints the machine line (CPU model, ISA flags: int8 speed depends
+on VNNI / AMX), a Markdown table and one ``RESULT`` line; ``--report NAME`` also writes them, with
+a header (date, machine, command, git commit), to ``benchmarks/results/NAME.md``. Copy
+``machine.py`` (standard library only) next to this file on the target machine.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402  (benchmarks/machine.py: standard library only)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -65,17 +71,6 @@ def runner(path: str, threads: int):
     return run
 
 
-def cpu_summary() -> str:
-    flags = ""
-    if os.path.exists("/proc/cpuinfo"):
-        flags = open("/proc/cpuinfo").read()
-    names = [line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")]
-    extras = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
-              if f" {f}" in flags]
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-           f"int8-relevant flags: {' '.join(extras) or 'none found'}"
-
-
 def time_models(inputs: list, models: list[str], threads: int, rounds: int, warmup: int = 3) -> dict:
     runs = {path: runner(path, threads) for path in models}
     times = {path: [] for path in models}
@@ -99,24 +94,40 @@ def main(argv=None) -> None:
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--report", metavar="NAME", help="also write benchmarks/results/NAME.md")
     args = parser.parse_args(argv)
     if args.make_inputs:
         make_inputs(*args.make_inputs, n=args.examples, column=args.column)
         return
     if not args.inputs or not args.models:
         parser.error("give the inputs .npz and at least one .tflite model")
+    print(machine.machine_line(), flush=True)
     inputs = list(np.load(args.inputs).values())[:args.examples]
     times = time_models(inputs, args.models, args.threads, args.rounds)
-    base = float(np.median(times[args.models[0]]))
-    print(f"{cpu_summary()}; {args.threads} thread(s), {len(inputs)} texts x {args.rounds} rounds\n")
-    print("| model | size MB | p50 ms | p95 ms | speed-up vs first |\n|---|---|---|---|---|")
+    text = latency_report(times, args.models, inputs, args)
+    print(text)
+    if args.report:
+        print("wrote", machine.write_report(args.report, text, f"LiteRT batch-1 latency, {args.threads} "
+                                            f"thread(s)"))
+
+
+def latency_report(times: dict, models: list[str], inputs: list, args) -> str:
+    """Machine line, the Markdown table (speed-up vs the first model) and the RESULT line."""
+    base = float(np.median(times[models[0]]))
+    lines = [f"{machine.machine_line()}; {args.threads} thread(s), {len(inputs)} texts (median "
+             f"{int(np.median([len(i) for i in inputs]))} tokens) x {args.rounds} rounds", "",
+             "| model | size MB | p50 ms | p95 ms | speed-up vs first |", "|---|---|---|---|---|"]
     values = {}
-    for path in args.models:
+    for path in models:
         p50, p95 = float(np.median(times[path])), float(np.percentile(times[path], 95))
         name = os.path.basename(path)
-        print(f"| {name} | {os.path.getsize(path) / 1e6:.1f} | {p50:.2f} | {p95:.2f} | {base / p50:.2f}x |")
+        lines.append(f"| {name} | {os.path.getsize(path) / 1e6:.1f} | {p50:.2f} | {p95:.2f} | "
+                     f"{base / p50:.2f}x |")
         values[name.removesuffix(".tflite")] = round(base / p50, 3)
-    print("\nRESULT threads=%d " % args.threads + " ".join(f"{k}_speedup={v}" for k, v in values.items()))
+    flags = ",".join(machine.machine_info()["flags"]) or "none"
+    lines += ["", f"RESULT threads={args.threads} isa={flags} "
+              + " ".join(f"{k}_speedup={v}" for k, v in values.items())]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,16 @@ Three parts, all through tfllm's own entry points (``run_training``, ``heldout_m
    scalars) and training throughput in tokens/s (from the Trainer's ``examples_per_sec`` over
    the log windows without an evaluation or a checkpoint save, times 128 tokens per block).
 
-Prints a Markdown table and ends with one ``RESULT key=value ...`` line; the report is also
-written to ``--out/pretrain_benchmark.md``. ``--quick`` runs a few steps of everything on a small
+Prints the machine line (CPU model, ISA flags), a Markdown table and ends with one
+``RESULT key=value ...`` line; the report is also written to ``--out/pretrain_benchmark.md`` and
+(not with ``--quick``), with a header (date, machine, command, git commit), to
+``benchmarks/results/pretrain.md``. ``--quick`` runs a few steps of everything on a small
 slice (a smoke test of the script, minutes), not a measurement.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import math
@@ -136,7 +139,8 @@ def throughput(run_dir: Path, cfg: Config) -> float:
 def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
-    started = time.time()
+    log.info("%s", common.machine_line())
+    started, started_at = time.time(), datetime.datetime.now(datetime.timezone.utc)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -176,6 +180,9 @@ def main(argv=None) -> None:
     text, result = report(args, fresh, before, after, cont_rate, finetuned, scratch, time.time() - started)
     print("\n" + text + "\n" + result)
     (out / "pretrain_benchmark.md").write_text(f"{text}\n\n{result}\n", encoding="utf-8")
+    if not args.quick:  # a smoke test is no measurement: keep it out of benchmarks/results
+        common.write_report("pretrain", f"{text}\n\n{result}", "Pretraining benchmark (IMDB)",
+                            started=started_at)
 
 
 def report(args, fresh, before, after, cont_rate, finetuned, scratch, seconds):
@@ -195,7 +202,7 @@ def report(args, fresh, before, after, cont_rate, finetuned, scratch, seconds):
     seed_rows.append([f"mean of {len(a)}", f"{mean(a, 'accuracy'):.4f}", f"{mean(b, 'accuracy'):.4f}",
                       f"{100 * delta:+.2f}", f"{mean(a, 'macro_f1'):.4f}", f"{mean(b, 'macro_f1'):.4f}"])
     wins = sum(y["accuracy"] >= x["accuracy"] for x, y in zip(a, b))
-    lines = [f"## Continued pretraining ({args.continue_steps} steps x 32 blocks of {args.max_length})", "",
+    lines = [common.machine_line(), "", f"## Continued pretraining ({args.continue_steps} steps x 32 blocks of {args.max_length})", "",
              common.markdown_table(columns, rows), "",
              f"## IMDB fine-tuning ({args.finetune_examples} train reviews, {a[0]['examples']} test reviews)", "",
              common.markdown_table(["", "(a) packaged: accuracy", "(b) continued: accuracy", "(b) - (a), points",
@@ -205,7 +212,8 @@ def report(args, fresh, before, after, cont_rate, finetuned, scratch, seconds):
                   ppl_ratio=after["perplexity"] / before["perplexity"],
                   mlm_acc_before=before["accuracy"], mlm_acc_after=after["accuracy"],
                   continue_tokens_per_s=cont_rate, acc_packaged=mean(a, "accuracy"),
-                  acc_continued=mean(b, "accuracy"), acc_delta=delta, continued_wins=wins, seeds=len(a))
+                  acc_continued=mean(b, "accuracy"), acc_delta=delta, continued_wins=wins, seeds=len(a),
+                  isa=",".join(common.machine_info()["flags"]) or "none")
     if scratch:
         curve = scratch["curve"]
         steps = sorted(curve)
