@@ -1,5 +1,7 @@
 """Fault injection for tests: ``TFLLM_KILL_AT=<point>[:<n>]`` kills the process with SIGKILL the
-n-th time (default 1st) it reaches ``kill_point("<point>")``.
+n-th time (default 1st) it reaches ``kill_point("<point>")``. Points: ``checkpoint_saved``,
+``directory_written`` / ``directory_moved_aside`` (the two renames of a directory swap, e.g.
+``model/``) and ``file_written/<file name>`` (a file written but not yet renamed into place).
 
 The points sit where an interruption is most harmful (between writing a file and renaming it,
 between the two renames of a directory swap, right after a checkpoint is written), so tests can
@@ -18,7 +20,7 @@ def kill_point(name: str) -> None:
     spec = os.environ.get("TFLLM_KILL_AT")
     if not spec:
         return
-    point, _, count = spec.partition(":")
+    point, _, count = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "")
     if point != name:
         return
     _seen[name] = _seen.get(name, 0) + 1

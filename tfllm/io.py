@@ -43,17 +43,27 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(folder))
 
 
+def remove_leftovers(path: Path) -> None:
+    """Delete what an interrupted write of ``path`` left: its ``.<name>.*.tmp`` siblings."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, sync it, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        kill_point("file_written")
+        kill_point(f"file_written/{path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -75,6 +85,7 @@ def atomic_directory(path: Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp

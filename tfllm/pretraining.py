@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfllm import io
+from tfllm import io, rundir
 from tfllm.config import Config
 from tfllm.errors import TfllmError
 
@@ -147,6 +147,8 @@ def run_pretraining(cfg: Config, overwrite: bool = False, resume: bool = False) 
     if already_finished(cfg, resume):
         return cfg.run_dir
     strategy = make_strategy(cfg.distribute)
+    if is_chief(strategy):
+        rundir.check_claim(cfg.run_dir, overwrite, resume)
     data = prepare_pretraining_data(cfg, resume)
     precision = seed_everything(cfg)
     with strategy.scope():

@@ -64,35 +64,44 @@ def protected_reason(path: Path) -> str | None:
     return None
 
 
-def claim(run_dir: Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Make ``run_dir`` ready for a run, refusing anything that would destroy a user's files.
+def check_claim(run_dir: Path, overwrite: bool = False, resume: bool = False) -> bool:
+    """Whether a run may use ``run_dir``; True if an old run there must be replaced first.
 
-    * missing or empty: created / used;
+    * missing or empty: used as it is;
     * ``resume``: must be a tfllm run (or empty); nothing is removed;
     * otherwise a non-empty folder needs ``overwrite``, and is replaced only if it is a tfllm
       run and not a protected folder (see :func:`protected_reason`).
 
-    Every refusal is a :class:`TfllmError` naming the folder; nothing is touched then.
+    Every refusal is a :class:`TfllmError` naming the folder. Nothing is touched here, so runs
+    call it before any slow work, and :func:`claim` once they are ready to write.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TfllmError(f"config key output_dir: {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if resume:
-            if not is_run(run_dir):
-                raise TfllmError(f"--resume: {run_dir} is not a tfllm run directory (no valid "
-                                 f"{RUN_INFO}); --resume continues runs that tfllm started")
-            return run_dir
+    if not (run_dir.is_dir() and any(run_dir.iterdir())):
+        return False
+    if resume:
         if not is_run(run_dir):
-            raise TfllmError(f"output_dir {run_dir} holds files tfllm did not create (no valid "
-                             f"{RUN_INFO}); tfllm never deletes them, even with --overwrite: "
-                             "choose another output_dir")
-        if not overwrite:
-            raise TfllmError(f"run directory {run_dir} already exists; pass --overwrite to replace "
-                             "it or --resume to continue it")
-        reason = protected_reason(run_dir)
-        if reason:
-            raise TfllmError(f"--overwrite: refusing to delete {run_dir}: {reason}")
+            raise TfllmError(f"--resume: {run_dir} is not a tfllm run directory (no valid "
+                             f"{RUN_INFO}); --resume continues runs that tfllm started")
+        return False
+    if not is_run(run_dir):
+        raise TfllmError(f"output_dir {run_dir} holds files tfllm did not create (no valid "
+                         f"{RUN_INFO}); tfllm never deletes them, even with --overwrite: "
+                         "choose another output_dir")
+    if not overwrite:
+        raise TfllmError(f"run directory {run_dir} already exists; pass --overwrite to replace "
+                         "it or --resume to continue it")
+    reason = protected_reason(run_dir)
+    if reason:
+        raise TfllmError(f"--overwrite: refusing to delete {run_dir}: {reason}")
+    return True
+
+
+def claim(run_dir: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Make ``run_dir`` ready for a run (checked by :func:`check_claim`, old run replaced)."""
+    run_dir = Path(run_dir)
+    if check_claim(run_dir, overwrite, resume):
         remove_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

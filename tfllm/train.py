@@ -8,6 +8,7 @@ output_dir=runs/try``. ``--resume`` continues a stopped run from its last checkp
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import platform
@@ -19,7 +20,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional
 
-from tfllm import io
+from tfllm import io, rundir
 from tfllm.cli import main_guard, parse_command_line, setup_logging
 from tfllm.config import Config, load_config, save_config, with_absolute_paths
 from tfllm.errors import TfllmError
@@ -28,16 +29,24 @@ log = logging.getLogger("tfllm")
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> Path:
-    run_dir = cfg.run_dir
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TfllmError(f"config key output_dir: {run_dir} exists and is not a directory")
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if not overwrite:
-            raise TfllmError(f"run directory {run_dir} already exists; pass --overwrite to replace it "
-                             "or --resume to continue it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    """The run directory, created or claimed safely (:func:`tfllm.rundir.claim`)."""
+    return rundir.claim(cfg.run_dir, overwrite=overwrite, resume=resume)
+
+
+def already_finished(cfg: Config, resume: bool) -> bool:
+    """``--resume`` of a finished run changes nothing: say so (and how to train on) instead."""
+    if not (resume and rundir.is_finished(cfg.run_dir)):
+        return False
+    try:
+        metrics = json.loads((cfg.run_dir / rundir.METRICS).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TfllmError(f"{cfg.run_dir / rundir.METRICS}: unreadable ({e}); the run finished but "
+                         "its report is damaged: evaluate it with python -m tfllm.evaluate") from None
+    how = "stopped early" if metrics.get("stopped_early") else "finished"
+    log.info("--resume: %s already %s at step %s (best step %s); nothing changed. To train "
+             "further, start a new run from it: model.checkpoint=%s output_dir=<new folder>",
+             cfg.run_dir, how, metrics.get("steps"), metrics.get("best_step"), cfg.run_dir)
+    return True
 
 
 def versions() -> dict:
@@ -69,7 +78,11 @@ def run_training(cfg: Config, overwrite: bool = False, resume: bool = False) -> 
     started = time.time()
     ensure_logging()
     _check_values(cfg)
+    if already_finished(cfg, resume):
+        return cfg.run_dir
     strategy = make_strategy(cfg.distribute)  # before anything else touches TF devices
+    if is_chief(strategy):
+        rundir.check_claim(cfg.run_dir, overwrite, resume)  # refuse now, not after minutes of work
     data = prepare_classification_data(cfg)
     precision = seed_everything(cfg)
     with strategy.scope():
@@ -161,9 +174,9 @@ def seed_everything(cfg: Config) -> str:
 
 
 def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision: str, replicas: int) -> None:
-    if not (resume and (run_dir / "config.yaml").exists()):
-        save_config(with_absolute_paths(cfg), run_dir / "config.yaml")  # usable from any directory
-    io.write_json(run_dir / "run_info.json", {"versions": versions(), "seed": cfg.train.seed,
+    if not (resume and (run_dir / rundir.CONFIG).exists()):
+        save_config(with_absolute_paths(cfg), run_dir / rundir.CONFIG)  # usable from any directory
+    io.write_json(run_dir / rundir.RUN_INFO, {"versions": versions(), "seed": cfg.train.seed,
                                               "precision": precision, "command": sys.argv,
                                               "replicas": replicas})
 
@@ -216,8 +229,8 @@ def ensure_logging() -> None:
 
 def _check_values(cfg: Config) -> None:
     """Range checks the type system cannot express."""
-    if not cfg.output_dir and cfg.name.strip() in ("", ".", ".."):
-        raise TfllmError(f"config key name: {cfg.name!r} cannot name a run directory under runs/")
+    if not cfg.output_dir:
+        rundir.check_run_name(cfg.name)
     for section in ("data", "model", "train"):
         for key, value in vars(getattr(cfg, section)).items():
             if isinstance(value, float) and not math.isfinite(value):
