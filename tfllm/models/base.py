@@ -9,8 +9,10 @@ all tasks and strategies:
 * gradient accumulation: a batch is split into ``grad_accum_steps`` micro-batches whose gradients
   are summed in a ``tf.while_loop`` before one optimizer step (same result, less memory);
 * gradients are all-reduced once, clipped by global norm, then applied; the pre-clip norm and the
-  learning rate are returned for logging;
-* mixed float16 uses loss scaling (``LossScaleOptimizer``); bfloat16 needs none.
+  learning rate are returned for logging. Every returned value is the same on all replicas, so
+  Keras takes the first replica's (its default sums them: 2 replicas would log twice the norm);
+* mixed float16 uses loss scaling (``LossScaleOptimizer``; its current scale is logged as
+  ``loss_scale``); bfloat16 needs none.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class TaskModel(tf_keras.Model):
         self.grad_accum_steps = int(grad_accum_steps)
         self.max_grad_norm = max_grad_norm
         self.loss_tracker = tf_keras.metrics.Mean(name="loss")
+        self.distribute_reduction_method = "first"  # the logs are global already
 
     # --- to implement per task -------------------------------------------------------------
     def per_example_loss(self, x, y, training: bool):
@@ -107,6 +110,8 @@ class TaskModel(tf_keras.Model):
                                        skip_gradients_aggregation=True)
         logs = {m.name: m.result() for m in self.metrics}
         logs.update(grad_norm=grad_norm, learning_rate=self.current_learning_rate())
+        if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+            logs["loss_scale"] = tf.convert_to_tensor(self.optimizer.loss_scale)
         return logs
 
     def current_learning_rate(self):
