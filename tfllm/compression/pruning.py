@@ -193,7 +193,14 @@ class PruningHook:
 
 
 def wrap(model: BertClassifier, cfg: PruningConfig, total_steps: int) -> PruningClassifier:
-    """The same HF model (same variables) inside a pruning wrapper, masks built."""
+    """The same HF model (same variables) inside a pruning wrapper, masks built.
+
+    Call it inside the strategy's scope: with several replicas TF-MOT's mask update is a
+    cross-replica ``merge_call``, which cannot run inside gradient accumulation's loop.
+    """
+    if model.grad_accum_steps > 1 and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        raise TfllmError("config key train.grad_accum_steps: pruning with several replicas needs 1 "
+                         "(TF-MOT updates the masks across replicas in every forward pass)")
     schedule, end = make_schedule(cfg, total_steps)
     pruned = PruningClassifier(model.bert, model.num_labels, schedule, cfg.layers,
                                grad_accum_steps=model.grad_accum_steps, max_grad_norm=model.max_grad_norm)

@@ -67,6 +67,11 @@ class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     ``token_mask`` (``[batch, length]``, 1 for real tokens) keeps padding positions out of the
     statistics: their values never reach the prediction, and in BERT they stretch some ranges
     (and so coarsen the int8 grid) by a third or more.
+
+    Under a ``tf.distribute`` strategy the min/max are those of the global batch (gathered from
+    every replica), so each replica assigns the same value; the variables are kept per replica
+    (``ON_READ``, like BatchNorm's moving statistics, so the assignment is legal in replica
+    context and inside accumulation's ``while_loop``) and read from the first replica.
     """
 
     def __init__(self, decay: float = 0.99, num_bits: int = 8):
@@ -75,7 +80,9 @@ class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def build(self, tensor_shape, name, layer):
         make = lambda suffix, value, dtype=tf.float32: layer.add_weight(  # noqa: E731
             f"{name}_{suffix}", shape=[], dtype=dtype, trainable=False,
-            initializer=tf_keras.initializers.Constant(value))
+            initializer=tf_keras.initializers.Constant(value),
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         return {"min_var": make("min", -6.0), "max_var": make("max", 6.0),
                 "seen": make("seen", 0, tf.int64)}
 
@@ -87,8 +94,8 @@ class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             if token_mask is not None and values.shape.rank == 3:
                 # padding -> 0, which every range contains anyway
                 values = tf.where(tf.cast(token_mask, tf.bool)[:, :, None], values, 0.0)
-            low = tf.minimum(tf.reduce_min(values), 0.0)  # the range must contain 0
-            high = tf.maximum(tf.reduce_max(values), 0.0)
+            low, high = global_min_max(values)
+            low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)  # the range must contain 0
             first = tf.equal(seen, 0)
             new_low = tf.where(first, low, self.decay * min_var + (1 - self.decay) * low)
             new_high = tf.where(first, high, self.decay * max_var + (1 - self.decay) * high)
@@ -105,6 +112,17 @@ class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     def get_config(self):
         return {"decay": self.decay, "num_bits": self.num_bits}
+
+
+def global_min_max(values):
+    """``(min, max)`` of ``values`` over every replica's batch (just this one's outside a strategy)."""
+    low, high = tf.reduce_min(values), tf.reduce_max(values)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return low, high
+    gathered = context.all_gather(tf.stack([low, -high])[None], axis=0)  # [replicas, 2]
+    least = tf.reduce_min(gathered, axis=0)
+    return least[0], -least[1]
 
 
 @tf_keras.utils.register_keras_serializable("tfllm")
@@ -372,7 +390,14 @@ def turn_off_dropout(hf_model) -> int:
 
 
 def wrap(model: BertClassifier, groups: Sequence[str], dropout: bool = False) -> QATClassifier:
-    """Wrap ``model`` for QAT (in place; same variables); ``dropout=False`` turns dropout off."""
+    """Wrap ``model`` for QAT (in place; same variables); ``dropout=False`` turns dropout off.
+
+    Call it inside the strategy's scope: with several replicas every forward pass synchronises
+    the activation ranges, which cannot happen inside gradient accumulation's loop.
+    """
+    if model.grad_accum_steps > 1 and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        raise TfllmError("config key train.grad_accum_steps: QAT with several replicas needs 1 (the "
+                         "activation ranges are synchronised across replicas in every forward pass)")
     if not dropout and turn_off_dropout(model.bert):
         log.info("QAT: dropout off, so the measured activation ranges are those of inference "
                  "(compression.qat.dropout)")
