@@ -242,3 +242,39 @@ def test_compare_reuses_current_exports_and_redoes_stale_ones(run, tmp_path):
     assert not export_is_current(path, copy, full, "int8")
     (copy / "model" / "tf_model.h5").touch()  # a retrained model makes every export stale
     assert not export_is_current(path, copy, cfg, "int8")
+
+
+def test_a_kill_during_export_damages_nothing_and_a_mismatched_file_is_refused(run, tmp_path):
+    """kill -9 between writing an export's model file and its metadata: the run and the previous
+    export still load, and a model file that is not the one its metadata names is refused."""
+    import hashlib
+    import os
+    import signal
+
+    from tfllm.export.tflite import TFLiteClassifier, export_tflite
+    from tfllm.predict import Classifier
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "checkpoints", "tensorboard"))
+    path = export_tflite(copy, "float16")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (copy / "model").iterdir()}
+    killed = subprocess.run([sys.executable, "-m", "tfllm.export", str(copy), "--quantize", "float16"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TFLLM_KILL_AT": f"file_written/{path.with_suffix('.json').name}"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (copy / "model").iterdir()} == before
+    text = ["a fine film"]
+    keras = Classifier.load(copy).logits(text)
+    try:  # the new model file beside the old metadata: usable only if the bytes came out the same
+        TFLiteClassifier.load(path)
+    except TfllmError as e:
+        assert "does not match its metadata" in str(e) and "export it again" in str(e)
+    export_tflite(copy, "float16")  # exporting again repairs it and clears the killed export's leftovers
+    np.testing.assert_allclose(TFLiteClassifier.load(path).logits(text), keras, atol=5e-2)
+    assert not list((copy / "export").glob(".*.tmp"))
+
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(TfllmError, match="does not match its metadata .*export it again"):
+        TFLiteClassifier.load(path)

@@ -101,8 +101,11 @@ def export_is_current(path: Path, run_dir: Path, cfg, mode: str) -> bool:
         meta = read_json(meta_file)
     except TfllmError:  # unreadable metadata: export again (it replaces both files)
         return False
+    from tfllm.export.tflite import file_digest
+
     wanted = list(cfg.compression.int8.float_ops) if mode == "int8" else None
-    return isinstance(meta, dict) and meta.get("float_ops") == wanted
+    return (isinstance(meta, dict) and meta.get("float_ops") == wanted
+            and meta.get("sha256") in (None, file_digest(path)))  # not a half-done export
 
 
 def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int] = None,

@@ -52,24 +52,46 @@ def remove_leftovers(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, sync it, then rename it into place."""
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, sync it, then rename it into place.
+
+    A failed write (disk full) names ``path`` and leaves the previous file as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         kill_point(f"file_written/{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno:
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     fsync_dir(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def replace_files(folder: Path, save) -> None:
+    """``save(tmp_dir)`` writes files (e.g. ``tokenizer.save_pretrained``); each then replaces its
+    namesake in ``folder`` by an atomic rename, so no file there is ever half-written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".files.", suffix=".tmp") as tmp:
+        save(Path(tmp))
+        fsync_tree(Path(tmp))
+        for file in sorted(Path(tmp).iterdir()):
+            os.replace(file, folder / file.name)
+    fsync_dir(folder)
 
 
 def write_json(path: Path, data) -> None:

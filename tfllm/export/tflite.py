@@ -15,8 +15,8 @@ convert than through a temporary SavedModel, same ops, but no signature table.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import weakref
 from pathlib import Path
 from typing import Optional, Sequence
@@ -277,23 +277,28 @@ def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str
     flatbuffer = convert(model, mode, representative, output_type, float_ops)
     path = out_dir / model_filename(mode)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, flatbuffer)
-    tokenizer.save_pretrained(str(out_dir))
+    # Each file is replaced atomically; the metadata, written last, names the model's hash, so
+    # a model file and metadata from two different (interrupted) exports are never paired.
+    io.replace_files(out_dir, lambda tmp: tokenizer.save_pretrained(str(tmp)))
+    io.write_bytes(path, flatbuffer)
     io.write_json(path.with_suffix(".json"), metadata(path, mode, cfg, labels, tokenizer, run_dir))
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file renamed into place; a failed write (disk full) names
-    ``path`` and leaves the previous file as it was."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(path)) from None
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_digest(path: Path, meta: dict) -> None:
+    """The model file must be the one its metadata describes (not a damaged or mixed export)."""
+    if "sha256" in meta and meta["sha256"] != file_digest(path):
+        raise TfllmError(f"{path} does not match its metadata {path.with_suffix('.json').name} "
+                         "(damaged, or an interrupted export): export it again")
 
 
 def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> dict:
@@ -302,7 +307,7 @@ def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> di
     inputs, logits = io_details(interpreter)
     scale, zero_point = logits.get("quantization", (0.0, 0))
     return {
-        "format": "tflite", "file": path.name, "quantize": mode,
+        "format": "tflite", "file": path.name, "sha256": file_digest(path), "quantize": mode,
         "float_ops": list(cfg.compression.int8.float_ops) if mode == "int8" else None,
         "input_tensors": {name: inputs[name]["name"] for name in INPUT_NAMES},
         "output_tensor": logits["name"],
@@ -361,7 +366,9 @@ class TFLiteClassifier:
         if not meta_file.is_file():
             raise TfllmError(f"{path}: its metadata {meta_file.name} is missing (export with "
                              "python -m tfllm.export)")
-        return cls(path, read_json(meta_file), load_tokenizer(path.parent), num_threads)
+        meta = read_json(meta_file)
+        check_digest(path, meta)
+        return cls(path, meta, load_tokenizer(path.parent), num_threads)
 
     def encode(self, text: str, pair: Optional[str] = None) -> dict:
         from tfllm.compression.ptq import encode_one
