@@ -135,20 +135,22 @@ def edit_config(path: Path, **changes) -> None:
 
 
 CORRUPT = {  # name -> (corrupt the run, CLI, its arguments ({run}, {data}), error pattern)
-    "truncated-weights": (lambda r: truncate(r / "model" / "tf_model.h5"), "compare", ["{run}"],
+    "truncated-weights": (lambda r: truncate(r / "model" / "tf_model.h5"), "evaluate",
+                          ["{run}", "--data", "{data}/dev.tsv"],
                           r"/model/tf_model\.h5: cannot read the weights; the file is corrupt or truncated$"),
     "config-not-json": (lambda r: (r / "model" / "config.json").write_text('{"hidden_size": 32,'),
                         "predict", ["{run}", "a text"], r"/model/config\.json line 1: malformed JSON"),
     "config-gpt2": (lambda r: edit_config(r / "model" / "config.json", model_type="gpt2"), "export",
                     ["{run}"], r"/model/config\.json: model_type 'gpt2' is not BERT"),
     "config-missing-keys": (lambda r: edit_config(r / "model" / "config.json", hidden_size=None),
-                            "evaluate", ["{run}", "--data", "{data}/dev.tsv"],
-                            r"/model/config\.json: missing or invalid hidden_size"),
+                            "predict", ["{run}", "a text"], r"/model/config\.json: missing or invalid hidden_size"),
     "label-map-not-json": (lambda r: (r / "label_map.json").write_bytes(b'{"labels": ["neg", "po'),
                            "evaluate", ["{run}", "--data", "{data}/dev.tsv"],
                            r"/label_map\.json line 1: malformed JSON"),
     "label-map-shape": (lambda r: (r / "label_map.json").write_text('{"labels": "neg,pos"}'),
                         "predict", ["{run}", "a text"], r"/label_map\.json: expected \{\"labels\""),
+    "label-map-count": (lambda r: (r / "label_map.json").write_text('{"labels": ["neg", "pos", "meh"]}'),
+                        "compare", ["{run}"], r"/label_map\.json: 3 labels, but the model in \S+ predicts 2$"),
     # a checkpoint of another size as model.checkpoint of a new run: its weights do not fit
     "other-shapes-as-checkpoint": (
         lambda r: edit_config(r / "model" / "config.json", hidden_size=64, intermediate_size=128),
