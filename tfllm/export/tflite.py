@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import weakref
 from pathlib import Path
 from typing import Optional, Sequence
@@ -279,11 +281,24 @@ def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each file is replaced atomically; the metadata, written last, names the model's hash, so
     # a model file and metadata from two different (interrupted) exports are never paired.
-    io.replace_files(out_dir, lambda tmp: tokenizer.save_pretrained(str(tmp)))
+    save_tokenizer(tokenizer, out_dir)
     io.write_bytes(path, flatbuffer)
     io.write_json(path.with_suffix(".json"), metadata(path, mode, cfg, labels, tokenizer, run_dir))
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """The tokenizer files into ``folder``, each replaced atomically. The Rust ``tokenizers``
+    library reports a full disk as a bare ``Exception("... (os error 28)")``: that becomes an
+    ``OSError`` naming ``folder``."""
+    try:
+        io.replace_files(folder, lambda tmp: tokenizer.save_pretrained(str(tmp)))
+    except Exception as e:
+        code = re.search(r"\(os error (\d+)\)$", str(e))
+        if isinstance(e, OSError) or code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(folder)) from None
 
 
 def file_digest(path: Path) -> str:
