@@ -1,7 +1,8 @@
 """Compression benchmark: every deployment variant of the SST-2 fine-tuned MiniLM, one table.
 
     python benchmarks/compress.py [--base-run DIR] [--out DIR] [--compress-steps S]
-                                  [--dev-examples N] [--latency-examples N]
+                                  [--phases qat,pruned50,pruned80] [--dev-examples N]
+                                  [--latency-examples N]
 
 1. **Base run**: a finished SST-2 fine-tuning run of the packaged MiniLM-L6 (``--base-run``, e.g.
    the one ``benchmarks/finetune.py`` leaves in ``--out/sst2_minilm``); without it, one is trained
@@ -147,13 +148,25 @@ def int8_gemm_ceiling(repeats: int = 200) -> dict:
     return out
 
 
-def main(argv=None):
+PHASES = {  # name: (run directory, config, overrides, label)
+    "qat": ("sst2_minilm_qat", "sst2_minilm_qat.yaml", [], "QAT"),
+    "pruned50": ("sst2_minilm_pruned50", "sst2_minilm_pruned.yaml",
+                 ["compression.pruning.target_sparsity=0.5"], "50% pruning"),
+    "pruned80": ("sst2_minilm_pruned80", "sst2_minilm_pruned.yaml",
+                 ["compression.pruning.target_sparsity=0.8"], "80% pruning"),
+}
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-run", help="a finished SST-2 MiniLM run (default: train one)")
     parser.add_argument("--out", default="runs/bench_compress", help="where the runs and report go")
     parser.add_argument("--compress-steps", type=int, default=None,
                         help="steps of every compression phase (default: each config's train.max_steps: "
                              "pruning 1,500, QAT 800)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="compression phases to run, comma-separated (default all: %(default)s); the "
+                             "report leaves out the rows and targets of the others")
     parser.add_argument("--dev-examples", type=int, default=None, help="dev phrases evaluated (default all)")
     parser.add_argument("--latency-examples", type=int, default=200, help="phrases timed per variant")
     parser.add_argument("--allow-dev-selected-base", action="store_true",
@@ -161,18 +174,15 @@ def main(argv=None):
     parser.add_argument("--retrain", action="store_true",
                         help="retrain compression runs that exist (default: reuse them, whatever their steps)")
     args = parser.parse_args(argv)
-    setup_logging()
-    log.info("%s", common.machine_line())
-    started, started_at = time.time(), datetime.datetime.now(datetime.timezone.utc)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = sorted(set(args.phases) - set(PHASES))
+    if unknown:
+        parser.error(f"--phases: unknown {unknown}; choose from {', '.join(PHASES)}")
+    return args
 
-    base = ensure_base(args)
-    pruned50 = compress_run(args, base, "sst2_minilm_pruned50", "sst2_minilm_pruned.yaml",
-                            ["compression.pruning.target_sparsity=0.5"])
-    pruned80 = compress_run(args, base, "sst2_minilm_pruned80", "sst2_minilm_pruned.yaml",
-                            ["compression.pruning.target_sparsity=0.8"])
-    qat = compress_run(args, base, "sst2_minilm_qat", "sst2_minilm_qat.yaml", [])
 
+def measure_rows(args, base: Path, runs: dict) -> tuple[dict, dict]:
+    """``{row label: compare_run row}`` for the base run's variants and every phase run."""
     def variants(run, modes, names):
         report = compare_run(run, max_examples=args.dev_examples, latency_examples=args.latency_examples,
                              modes=modes)
@@ -186,13 +196,67 @@ def main(argv=None):
     more, _ = variants(full_integer_copy(base, Path(args.out) / "sst2_minilm_full_integer"), ["int8"],
                        {"tflite_int8": "int8 full-integer (PTQ)"})
     rows.update(more)
-    more, _ = variants(qat, ["qat"], {"tflite_qat": "QAT int8"})
-    rows.update(more)
-    for run, tag in ((pruned50, "50%"), (pruned80, "80%")):
-        more, _ = variants(run, ["none", "int8"], {"keras_fp32": f"{tag} pruned Keras",
-                                                    "tflite_fp32": f"{tag} pruned TFLite",
-                                                    "tflite_int8": f"{tag} pruned + int8"})
-        rows.update(more)
+    if "qat" in runs:
+        rows.update(variants(runs["qat"], ["qat"], {"tflite_qat": "QAT int8"})[0])
+    for key, tag in (("pruned50", "50%"), ("pruned80", "80%")):
+        if key in runs:
+            rows.update(variants(runs[key], ["none", "int8"], {
+                "keras_fp32": f"{tag} pruned Keras", "tflite_fp32": f"{tag} pruned TFLite",
+                "tflite_int8": f"{tag} pruned + int8"})[0])
+    return rows, report
+
+
+def result_values(rows: dict, agreement: dict) -> dict:
+    """The RESULT keys (None, printed ``nan``, for rows of phases that did not run)."""
+    def acc(name):
+        return 100 * rows[name]["accuracy"] if name in rows else None
+
+    fp32, int8, reference = rows["FP32 TFLite"], rows["int8 (PTQ)"], rows["FP32 Keras"]
+    values = {
+        "fp32_acc": acc("FP32 Keras"), "tflite_fp32_acc": acc("FP32 TFLite"),
+        "dynamic_acc": acc("dynamic-range"), "float16_acc": acc("float16"), "int8_acc": acc("int8 (PTQ)"),
+        "qat_int8_acc": acc("QAT int8"), "pruned50_acc": acc("50% pruned Keras"),
+        "pruned80_acc": acc("80% pruned Keras"), "pruned80_int8_acc": acc("80% pruned + int8"),
+        "int8_size_ratio": int8["size_bytes"] / fp32["size_bytes"],
+        "int8_speedup": fp32["latency_p50_ms"] / int8["latency_p50_ms"],
+        "fp32_tflite_p50_ms": fp32["latency_p50_ms"], "int8_p50_ms": int8["latency_p50_ms"],
+        "keras_p50_ms": reference["latency_p50_ms"],
+        "pruned80_gzip_ratio": (rows["80% pruned TFLite"]["gzip_bytes"] / fp32["gzip_bytes"]
+                                if "80% pruned TFLite" in rows else None),
+        "full_int8_acc": acc("int8 full-integer (PTQ)"),
+        "qat_size_ratio": rows["QAT int8"]["size_bytes"] / fp32["size_bytes"] if "QAT int8" in rows else None,
+        "int8_agreement": 100 * agreement["int8 (PTQ)"],
+        "qat_int8_agreement": 100 * agreement["QAT int8"] if "QAT int8" in rows else None,
+    }
+    return values
+
+
+def check_targets(values: dict) -> dict:
+    """The issue's targets: True / False, or None where the phase they need did not run."""
+    def gap(name):
+        return None if values[name] is None else values["fp32_acc"] - values[name] <= 1.0
+
+    return {
+        "int8 size <= 30% of FP32 TFLite": values["int8_size_ratio"] <= 0.30,
+        "int8 >= 2x faster than FP32 TFLite (p50, batch 1)": values["int8_speedup"] >= 2.0,
+        "int8 accuracy within 1.0 point of FP32": gap("int8_acc"),
+        "QAT int8 accuracy >= PTQ int8": (None if values["qat_int8_acc"] is None
+                                          else values["qat_int8_acc"] >= values["int8_acc"]),
+        "50% pruned within 1.0 point of dense": gap("pruned50_acc"),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    log.info("%s", common.machine_line())
+    started, started_at = time.time(), datetime.datetime.now(datetime.timezone.utc)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+
+    base = ensure_base(args)
+    runs = {key: compress_run(args, base, PHASES[key][0], PHASES[key][1], PHASES[key][2])
+            for key in PHASES if key in args.phases}
+    rows, report = measure_rows(args, base, runs)
 
     reference = rows["FP32 Keras"]
     labels = report["labels"]  # the same dev examples, in the same order, for every run
@@ -213,38 +277,19 @@ def main(argv=None):
          f"{100 * r['macro_f1']:.2f}", f"{r['latency_p50_ms']:.2f}",
          f"{r['latency_p95_ms']:.2f}", f"{100 * agreement[name]:.1f}%"] for name, r in rows.items()])
 
-    fp32, int8, qat_row = rows["FP32 TFLite"], rows["int8 (PTQ)"], rows["QAT int8"]
-    values = {
-        "fp32_acc": 100 * reference["accuracy"], "tflite_fp32_acc": 100 * fp32["accuracy"],
-        "dynamic_acc": 100 * rows["dynamic-range"]["accuracy"], "float16_acc": 100 * rows["float16"]["accuracy"],
-        "int8_acc": 100 * int8["accuracy"], "qat_int8_acc": 100 * qat_row["accuracy"],
-        "pruned50_acc": 100 * rows["50% pruned Keras"]["accuracy"],
-        "pruned80_acc": 100 * rows["80% pruned Keras"]["accuracy"],
-        "pruned80_int8_acc": 100 * rows["80% pruned + int8"]["accuracy"],
-        "int8_size_ratio": int8["size_bytes"] / fp32["size_bytes"],
-        "int8_speedup": fp32["latency_p50_ms"] / int8["latency_p50_ms"],
-        "fp32_tflite_p50_ms": fp32["latency_p50_ms"], "int8_p50_ms": int8["latency_p50_ms"],
-        "keras_p50_ms": reference["latency_p50_ms"],
-        "pruned80_gzip_ratio": rows["80% pruned TFLite"]["gzip_bytes"] / fp32["gzip_bytes"],
-        "full_int8_acc": 100 * rows["int8 full-integer (PTQ)"]["accuracy"],
-        "qat_size_ratio": qat_row["size_bytes"] / fp32["size_bytes"],
-        "int8_agreement": 100 * agreement["int8 (PTQ)"], "qat_int8_agreement": 100 * agreement["QAT int8"],
-    }
+    values = result_values(rows, agreement)
     gemm = int8_gemm_ceiling()
     values.update(gemm_fp32_ms=gemm["fp32"], gemm_int8_ms=gemm["int8"], gemm_int8_speedup=gemm["fp32"] / gemm["int8"])
-    targets = {
-        "int8 size <= 30% of FP32 TFLite": values["int8_size_ratio"] <= 0.30,
-        "int8 >= 2x faster than FP32 TFLite (p50, batch 1)": values["int8_speedup"] >= 2.0,
-        "int8 accuracy within 1.0 point of FP32": values["fp32_acc"] - values["int8_acc"] <= 1.0,
-        "QAT int8 accuracy >= PTQ int8": values["qat_int8_acc"] >= values["int8_acc"],
-        "50% pruned within 1.0 point of dense": values["fp32_acc"] - values["pruned50_acc"] <= 1.0,
-    }
-    dev_selected = [name for name, run in (("base", base), ("50% pruning", pruned50),
-                                           ("80% pruning", pruned80), ("QAT", qat)) if selected_on_dev(run)]
-    lines = [common.machine_line(), "", table, "", f"{report['examples']} dev phrases; latency over {report['latency_examples']} "
-             f"phrases at batch 1; compression phases from {base}: " + ", ".join(
-                 f"{name} {json.loads((run / 'metrics.json').read_text())['steps']} steps"
-                 for name, run in (("50% pruning", pruned50), ("80% pruning", pruned80), ("QAT", qat))),
+    targets = check_targets(values)
+    measured = [ok for ok in targets.values() if ok is not None]
+    dev_selected = [name for name, run in [("base", base)] + [(PHASES[k][3], r) for k, r in runs.items()]
+                    if selected_on_dev(run)]
+    skipped = [PHASES[k][3] for k in PHASES if k not in runs]
+    lines = [common.machine_line(), "", table, "", f"{report['examples']} dev phrases; latency over "
+             f"{report['latency_examples']} phrases at batch 1; compression phases from {base}: " + (", ".join(
+                 f"{PHASES[k][3]} {json.loads((run / 'metrics.json').read_text())['steps']} steps"
+                 for k, run in runs.items()) or "none")
+             + (f"; not run (--phases): {', '.join(skipped)}" if skipped else ""),
              "int8 (PTQ) keeps LayerNorm, the elementwise ops and the position / token-type embedding "
              "lookups in float (compression.int8.float_ops, the default); full-integer quantises them too.",
              f"One feed-forward matmul (128x384 by 384x1536) alone in LiteRT, 1 thread: FP32 "
@@ -252,12 +297,14 @@ def main(argv=None):
              f"the int8 speed-up this CPU's kernels allow.",
              "vs FP32: accuracy difference from the FP32 Keras model in points, with a 95% paired "
              "bootstrap interval over the dev phrases (what the dev set can resolve).",
-             "Checkpoint selection: " + ("every run (base, pruning, QAT) reports its final step "
-                                         "(train.restore_best=false): none was picked on this dev set."
-                                         if not dev_selected else "WARNING: picked on this dev set: "
-                                         + ", ".join(dev_selected) + "."), ""]
-    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in targets.items()]
-    result = common.result_line(**values, targets_met=f"{sum(targets.values())}/{len(targets)}",
+             "Checkpoint selection: " + ("every run here (base" + "".join(f", {PHASES[k][3]}" for k in runs)
+                                         + ") reports its final step (train.restore_best=false): none "
+                                         "was picked on this dev set." if not dev_selected else
+                                         "WARNING: picked on this dev set: " + ", ".join(dev_selected) + "."),
+             ""]
+    lines += [f"- [{'x' if ok else ' '}] {name}" + (" (not measured: its phase did not run)" if ok is None else "")
+              for name, ok in targets.items()]
+    result = common.result_line(**values, targets_met=f"{sum(measured)}/{len(measured)}",
                                 dev_selected=len(dev_selected), minutes=(time.time() - started) / 60,
                                 isa=",".join(common.machine_info()["flags"]) or "none")
     text = "\n".join(lines + ["", result])
