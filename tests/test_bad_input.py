@@ -39,6 +39,7 @@ def existing_run(tmp_path) -> Path:
     (run / "marker.txt").write_text("earlier run, keep me\n")
     (run / "model" / "tf_model.h5").write_bytes(b"\x89HDF fake weights")
     (run / "label_map.json").write_text('{"labels": ["neg", "pos"]}')
+    (run / "run_info.json").write_text('{"versions": {"tfllm": "0.1.0"}, "seed": 42}')  # tfllm's marker
     save_config(load_config(None, [f"output_dir={run}"]), run / "config.yaml")
     return run
 
@@ -264,7 +265,7 @@ def test_empty_run_name_cannot_select_the_runs_folder(tmp_path, capsys, monkeypa
     (tmp_path / "runs" / "other").mkdir(parents=True)
     (tmp_path / "runs" / "other" / "marker.txt").write_text("keep")
     code, err = call_main("train", ["--overwrite", "name="], capsys, monkeypatch)
-    check_error(code, err, r"config key name: '' cannot name a run directory")
+    check_error(code, err, r"config key name: '' must be a plain folder name under runs/")
     assert (tmp_path / "runs" / "other" / "marker.txt").read_text() == "keep"
 
 
