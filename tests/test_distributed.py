@@ -1,8 +1,9 @@
 """MirroredStrategy over 2 logical CPU devices matches one device for the same global batch.
 
 Each check compares every step's ``loss`` and ``grad_norm`` (from TensorBoard) and each
-variable's update over the run, with plain SGD where the optimizer is ours to choose: a wrong
-reduction (a factor 2) shows in ``grad_norm`` at once and, under SGD, in the weights.
+variable's update over the run: a wrong reduction (a factor 2) shows in ``grad_norm`` at once.
+The classification and MLM checks train with plain SGD, so it shows in the weights too (Adam's
+update is nearly scale-invariant); the compression checks keep the production AdamW.
 """
 import json
 import subprocess

@@ -70,8 +70,8 @@ class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     Under a ``tf.distribute`` strategy the min/max are those of the global batch (gathered from
     every replica), so each replica assigns the same value; the variables are kept per replica
-    (``ON_READ``, like BatchNorm's moving statistics, so the assignment is legal in replica
-    context and inside accumulation's ``while_loop``) and read from the first replica.
+    (``ON_READ``, like BatchNorm's moving statistics: assigned without another sync point) and
+    read from the first replica.
     """
 
     def __init__(self, decay: float = 0.99, num_bits: int = 8):
