@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import tfllm  # noqa: F401
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -69,8 +68,7 @@ def run(strategy, checkpoint: str, corpus: Path, out: Path, accum: int, nsp: boo
     trainer.fit(train, dev)
     metrics, _ = trainer.evaluate(dev)
     return {"replicas": strategy.num_replicas_in_sync, "dev": metrics, "steps": step_logs(out),
-            "updates": update_norms(model, initial),
-            "weights": [float(np.sum(np.abs(v.numpy()))) for v in model.trainable_variables]}
+            "updates": update_norms(model, initial)}
 
 
 if __name__ == "__main__":
