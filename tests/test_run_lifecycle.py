@@ -183,16 +183,16 @@ def test_resume_skips_an_unreadable_checkpoint_and_refuses_another_architecture(
 
 
 # --- interruptions ----------------------------------------------------------------------------
-def wait_for_checkpoint(proc, run_dir: Path, timeout: float = 240):
-    """Block until the training subprocess has written its first checkpoint."""
+def wait_for_checkpoint(run_dir: Path, exited=lambda: None, timeout: float = 240):
+    """Block until a training run (a subprocess: ``exited`` is its ``poll``) wrote a checkpoint."""
     import time
 
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and exited() is None:
         if list((run_dir / "checkpoints").glob("ckpt-*.index")):
             return
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint appeared (exit {proc.poll()})")
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint appeared (exit {exited()})")
 
 
 SIGNAL_RUN = [*FAST, "train.epochs=10"]  # 80 steps: a signal lands mid-training
@@ -206,26 +206,47 @@ def long_run(finished_run, tiny_checkpoint):
                                                          *SIGNAL_RUN)))
 
 
-@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(finished_run, long_run, tiny_checkpoint,
-                                                            tmp_path, number):
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(finished_run, long_run, tiny_checkpoint, tmp_path):
+    """A real SIGTERM to a training process: one line, exit 143, and --resume finishes the run."""
     run, train, dev = finished_run
     out = tmp_path / "signalled"
     proc = subprocess.Popen([sys.executable, "-m", "tfllm.train",
                              *tiny_overrides(tiny_checkpoint, train, dev, out, *SIGNAL_RUN)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_for_checkpoint(proc, out)
-    proc.send_signal(number)
+    wait_for_checkpoint(out, proc.poll)
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 128 + number, err[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err
     line = last_line(err)
-    assert line.startswith(f"interrupted: {signal.Signals(number).name} at step ")
+    assert line.startswith("interrupted: SIGTERM at step ")
     assert line.endswith(f"checkpoint saved; continue with python -m tfllm.train --resume output_dir={out}")
     step = int(line.split(" at step ")[1].split(":")[0])
     assert (out / "checkpoints" / f"ckpt-{step}.index").is_file()
     assert step < 80 and not (out / "metrics.json").exists()
+
+    from transformers import TFBertForSequenceClassification
+
+    assert_same_run(TFBertForSequenceClassification, long_run, resume(out))
+
+
+def test_ctrl_c_saves_a_checkpoint_then_resume_gives_the_same_weights(finished_run, long_run, tiny_checkpoint,
+                                                                     tmp_path):
+    """Ctrl-C (SIGINT to this process, as a terminal or Jupyter's interrupt sends it)."""
+    import threading
+
+    from tfllm.errors import Interrupted
+
+    run, train, dev = finished_run
+    out = tmp_path / "ctrl_c"
+    cfg = load_config(None, tiny_overrides(tiny_checkpoint, train, dev, out, *SIGNAL_RUN))
+    presser = threading.Thread(target=lambda: (wait_for_checkpoint(out), os.kill(os.getpid(), signal.SIGINT)))
+    presser.start()
+    with pytest.raises(Interrupted, match="^SIGINT at step .*: checkpoint saved; continue with") as stop:
+        run_training(cfg)
+    presser.join()
+    assert stop.value.exit_code == 130 and not (out / "metrics.json").exists()
 
     from transformers import TFBertForSequenceClassification
 
