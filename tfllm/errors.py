@@ -1,4 +1,5 @@
 """User-facing errors: raised for bad input, printed by the CLIs as one line with a non-zero exit."""
+from __future__ import annotations
 
 
 class TfllmError(Exception):
@@ -16,3 +17,9 @@ class Interrupted(TfllmError):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def first_line(error: BaseException, limit: int | None = 300) -> str:
+    """The first line of an exception's message (its type name if empty), for one-line errors."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line[:limit] if limit else line

@@ -27,7 +27,7 @@ import numpy as np
 
 from tfllm import io
 from tfllm.data.readers import read_json
-from tfllm.errors import TfllmError
+from tfllm.errors import TfllmError, first_line
 
 log = logging.getLogger("tfllm")
 
@@ -148,7 +148,7 @@ def _convert_selective(hf_model, representative, output_type, float_ops) -> byte
             denylisted_nodes=nodes)
     except Exception as e:  # as in _convert: the converter's errors come with long logs
         raise TfllmError(f"TFLite conversion (int8, float {', '.join(float_ops)}) failed: "
-                         f"{_first_line(e)}") from None
+                         f"{first_line(e, None)}") from None
 
 
 def small_table_lookups(flatbuffer: bytes, vocab_size: int) -> list[str]:
@@ -168,17 +168,12 @@ def small_table_lookups(flatbuffer: bytes, vocab_size: int) -> list[str]:
     return names
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _convert(hf_model, mode, representative, output_type, strict_int8) -> bytes:
     converter = _converter(hf_model, mode, representative, output_type, strict_int8)
     try:
         return converter.convert()
     except Exception as e:  # the converter raises ConverterError / ValueError with long logs
-        raise TfllmError(f"TFLite conversion ({mode}) failed: {_first_line(e)}") from None
+        raise TfllmError(f"TFLite conversion ({mode}) failed: {first_line(e, None)}") from None
 
 
 def _converter(hf_model, mode, representative, output_type, strict_int8):

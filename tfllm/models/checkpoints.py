@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfllm.data.readers import read_json
-from tfllm.errors import TfllmError
+from tfllm.errors import TfllmError, first_line
 
 log = logging.getLogger("tfllm")
 
@@ -101,7 +101,7 @@ def from_pretrained(model_cls, directory: str, **kwargs):
         raise TfllmError(f"{file}: cannot read the weights; the file is corrupt or truncated") from None
     except ValueError as e:
         raise TfllmError(f"{file}: the weights do not fit {file.parent / 'config.json'} "
-                         f"({_first_line(e)}); another architecture's checkpoint?") from None
+                         f"({first_line(e, 200)}); another architecture's checkpoint?") from None
 
 
 def load_trained(model_cls, model_dir):
@@ -116,10 +116,6 @@ def load_trained(model_cls, model_dir):
         raise TfllmError(f"{Path(source) / 'tf_model.h5'}: no weights for {', '.join(missing[:3])}"
                          f"{' ...' if len(missing) > 3 else ''}; not a {model_cls.__name__} checkpoint")
     return model
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def load_bert_config(spec: str, **overrides):
@@ -165,7 +161,7 @@ def _load_torch_safetensors(model_cls, config, file: Path, spec: str):
     try:
         state = load_file(str(file))
     except SafetensorError as e:
-        raise TfllmError(f"{file}: cannot read the weights ({_first_line(e)}); the file is corrupt "
+        raise TfllmError(f"{file}: cannot read the weights ({first_line(e, 200)}); the file is corrupt "
                          "or truncated") from None
     if not any(k.startswith("bert.") for k in state):  # a bare encoder (BertModel) checkpoint
         state = {f"bert.{k}": v for k, v in state.items()}

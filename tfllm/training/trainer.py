@@ -35,7 +35,7 @@ from tfllm import io
 from tfllm.config import TrainConfig
 from tfllm.data.pipeline import BatchPlan, distribute
 from tfllm.data.tokenization import Encoded
-from tfllm.errors import TfllmError
+from tfllm.errors import TfllmError, first_line
 from tfllm.faults import kill_point
 from tfllm.training.interrupts import StopSignals
 from tfllm.training.optimization import make_optimizer
@@ -265,7 +265,7 @@ class Trainer:
             tf.train.Checkpoint(model=self.model).read(str(prefix)).expect_partial()
         except Exception as e:  # noqa: BLE001 (any unreadable file: keep the last weights, say so)
             log.warning("the best dev weights (step %d) are unreadable (%s); keeping the last "
-                        "step's weights", state.best_step, _first_line(e))
+                        "step's weights", state.best_step, first_line(e))
             return
         log.info("restored the best dev weights (step %d, %s=%.4f)", state.best_step,
                  self.cfg.early_stopping_metric, state.best_metric)
@@ -283,10 +283,10 @@ class Trainer:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except (ValueError, AssertionError) as e:
                 raise TfllmError(f"--resume: checkpoint {path} does not fit this model "
-                                 f"({_first_line(e)}); were the run's model settings changed?") from None
+                                 f"({first_line(e)}); were the run's model settings changed?") from None
             except Exception as e:  # noqa: BLE001 (truncated or corrupt files raise many types)
                 log.warning("--resume: checkpoint %s is unreadable (%s); falling back to the "
-                            "previous one", path, _first_line(e))
+                            "previous one", path, first_line(e))
                 continue
             state = TrainState(**json.loads(self.state_text.numpy().decode("utf-8")))
             state.step = int(self.model.optimizer.iterations.numpy())
@@ -319,10 +319,6 @@ def finite_checkpoint(path: str) -> bool:
     except Exception:  # noqa: BLE001 (unreadable is not good)
         return False
     return True
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def dropout_generators(model) -> list:
