@@ -8,7 +8,6 @@ output_dir=runs/try``. ``--resume`` continues a stopped run from its last checkp
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import platform
@@ -35,13 +34,11 @@ def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> Path:
 
 def already_finished(cfg: Config, resume: bool) -> bool:
     """``--resume`` of a finished run changes nothing: say so (and how to train on) instead."""
+    from tfllm.data.readers import read_json  # names the file and line of bad UTF-8 / JSON
+
     if not (resume and rundir.is_finished(cfg.run_dir)):
         return False
-    try:
-        metrics = json.loads((cfg.run_dir / rundir.METRICS).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TfllmError(f"{cfg.run_dir / rundir.METRICS}: unreadable ({e}); the run finished but "
-                         "its report is damaged: evaluate it with python -m tfllm.evaluate") from None
+    metrics = read_json(cfg.run_dir / rundir.METRICS)
     how = "stopped early" if metrics.get("stopped_early") else "finished"
     log.info("--resume: %s already %s at step %s (best step %s); nothing changed. To train "
              "further, start a new run from it: model.checkpoint=%s output_dir=<new folder>",
