@@ -110,20 +110,21 @@ def make_dataset(encoded: Encoded, plan: BatchPlan, num_replicas: int = 1, start
     local = num_replicas // num_pipelines
     mine = range(pipeline_id * local, (pipeline_id + 1) * local)
 
+    with_epoch = map_fn is not None  # only a batch transform needs to know the epoch
+
     def generate():
         for epoch, indices in plan.numbered(start_step, epochs):
             if len(indices) < num_replicas:  # too few examples left to give every replica one
                 continue
             slices = replica_slices(indices, num_replicas)
             for r in mine:
-                yield (*pad_batch(encoded, slices[r], multiple, global_size=len(indices)), epoch)
+                batch = pad_batch(encoded, slices[r], multiple, global_size=len(indices))
+                yield (*batch, epoch) if with_epoch else batch
 
-    signature = (*feature_spec(), tf.TensorSpec([], tf.int64))
+    signature = (*feature_spec(), tf.TensorSpec([], tf.int64)) if with_epoch else feature_spec()
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    if map_fn is not None:
+    if with_epoch:
         ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda features, labels, weights, epoch: (features, labels, weights))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     options.deterministic = True
