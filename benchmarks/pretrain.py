@@ -48,7 +48,7 @@ from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
 
 from tfllm.cli import setup_logging  # noqa: E402
 from tfllm.config import Config, load_config  # noqa: E402
-from tfllm.pretraining import heldout_metrics  # noqa: E402
+from tfllm.tasks.masked_lm import heldout_metrics  # noqa: E402
 from tfllm.train import run_training  # noqa: E402
 
 log = logging.getLogger("tfllm")

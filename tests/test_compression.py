@@ -172,7 +172,8 @@ def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_
     from transformers import TFBertForSequenceClassification
 
     from tfllm.compression import qat
-    from tfllm.export.tflite import TFLiteClassifier, export_tflite
+    from tfllm.export.tflite import export_tflite
+    from tfllm.inference import Predictor
 
     hf = TFBertForSequenceClassification.from_pretrained(str(run_dir / "model"))
     assert not qat.wrappers(hf)
@@ -198,10 +199,9 @@ def test_qat_phase_strips_wrappers_and_exports_int8(tiny_checkpoint, files, tmp_
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["quantize"] == "qat" and meta["input_dtypes"]["input_ids"] == "int32"
 
-    runner = TFLiteClassifier.load(path)
-    from tfllm.predict import Classifier
+    runner = Predictor.load(path)
 
     texts = [line.split("\t")[0] for line in dev.read_text().splitlines()[1:]]
-    keras = Classifier.load(run_dir).logits(texts)
+    keras = Predictor.load(run_dir).logits(texts)
     lite = runner.logits(texts)
     assert np.mean(lite.argmax(-1) == keras.argmax(-1)) >= 0.95

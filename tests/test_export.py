@@ -42,12 +42,12 @@ def run(tiny_checkpoint, tmp_path_factory):
 def sample(run):
     """Real texts (SST-2 dev phrases or the built-in sentences) and the Keras model's logits."""
     from tfllm.data.splits import load_labelled_splits
-    from tfllm.predict import Classifier
+    from tfllm.inference import Predictor
 
     cfg = load_config(run / "config.yaml")
     dev = load_labelled_splits(cfg.data, cfg.train.seed).dev
     texts = dev.texts[:100]
-    return texts, Classifier.load(run).logits(texts)
+    return texts, Predictor.load(run).logits(texts)
 
 
 def agree_up_to_ties(keras, lite, margin):
@@ -59,7 +59,7 @@ def agree_up_to_ties(keras, lite, margin):
 
 def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
     from tfllm.export import export
-    from tfllm.export.tflite import TFLiteClassifier
+    from tfllm.inference import Predictor
 
     texts, keras = sample
     paths = export(run, "tflite", "all")
@@ -73,7 +73,7 @@ def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
         assert meta["max_length"] == 48 and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
         assert meta["labels"] == ["0", "1"] or meta["labels"] == ["neg", "pos"]
         assert set(meta["input_dtypes"].values()) == {"int32"} and meta["output_dtype"] == "float32"
-        lite = TFLiteClassifier.load(path).logits(texts)
+        lite = Predictor.load(path).logits(texts)
         mode = meta["quantize"]
         sizes[mode] = path.stat().st_size
         agreement = np.mean(lite.argmax(-1) == keras.argmax(-1))
@@ -98,7 +98,8 @@ def op_output_dtypes(interpreter) -> dict:
 @pytest.mark.parametrize("float_ops", [["layer_norm", "elementwise", "position_embeddings"], []],
                          ids=["default", "full_integer"])
 def test_int8_float_ops_and_output_type_follow_the_config(run, sample, tmp_path, float_ops):
-    from tfllm.export.tflite import TFLiteClassifier, export_tflite
+    from tfllm.export.tflite import export_tflite
+    from tfllm.inference import Predictor
 
     texts, keras = sample
     copy = tmp_path / "run"
@@ -129,7 +130,7 @@ def test_int8_float_ops_and_output_type_follow_the_config(run, sample, tmp_path,
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["output_dtype"] == "int8" and meta["output_quantization"]["scale"] > 0
     assert meta["float_ops"] == float_ops
-    lite = TFLiteClassifier.load(path).logits(texts)  # dequantized
+    lite = Predictor.load(path).logits(texts)  # dequantized
     assert np.mean(lite.argmax(-1) == keras.argmax(-1)) >= 0.95
 
 
@@ -216,12 +217,13 @@ def test_bad_input_fails_with_one_line(run, tmp_path, capsys):
     err = one_line_error(capsys, [str(nodata), "--quantize", "int8"])
     assert "calibration data" in err and "--calibration-data" in err
 
-    from tfllm.export.tflite import TFLiteClassifier, export_tflite
+    from tfllm.export.tflite import export_tflite
+    from tfllm.inference import Predictor
 
     path = run / "export" / "model.tflite"
     if not path.is_file():
         export_tflite(run, "none")
-    runner = TFLiteClassifier.load(path)
+    runner = Predictor.load(path)
     too_long = {name: np.ones((1, 49), np.int32) for name in ("input_ids", "attention_mask", "token_type_ids")}
     with pytest.raises(TfllmError, match="49 tokens is longer than the exported max length 48"):
         runner.run(too_long)
@@ -251,8 +253,8 @@ def test_a_kill_during_export_damages_nothing_and_a_mismatched_file_is_refused(r
     import os
     import signal
 
-    from tfllm.export.tflite import TFLiteClassifier, export_tflite
-    from tfllm.predict import Classifier
+    from tfllm.export.tflite import export_tflite
+    from tfllm.inference import Predictor
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "checkpoints", "tensorboard"))
@@ -264,17 +266,17 @@ def test_a_kill_during_export_damages_nothing_and_a_mismatched_file_is_refused(r
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (copy / "model").iterdir()} == before
     text = ["a fine film"]
-    keras = Classifier.load(copy).logits(text)
+    keras = Predictor.load(copy).logits(text)
     try:  # the new model file beside the old metadata: usable only if the bytes came out the same
-        TFLiteClassifier.load(path)
+        Predictor.load(path)
     except TfllmError as e:
         assert "does not match its metadata" in str(e) and "export it again" in str(e)
     export_tflite(copy, "float16")  # exporting again repairs it and clears the killed export's leftovers
-    np.testing.assert_allclose(TFLiteClassifier.load(path).logits(text), keras, atol=5e-2)
+    np.testing.assert_allclose(Predictor.load(path).logits(text), keras, atol=5e-2)
     assert not list((copy / "export").glob(".*.tmp"))
 
     damaged = bytearray(path.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     path.write_bytes(bytes(damaged))
     with pytest.raises(TfllmError, match="does not match its metadata .*export it again"):
-        TFLiteClassifier.load(path)
+        Predictor.load(path)

@@ -226,10 +226,10 @@ def test_fill_mask_cli(scratch_run):
                           "no mask here"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: text 1 has no [MASK]")
 
-    from tfllm.predict import Classifier
+    from tfllm.inference import Predictor
 
     with pytest.raises(TfllmError, match="masked-LM run, not a classifier"):
-        Classifier.load(scratch_run)
+        Predictor.load(scratch_run)
 
 
 def test_packaged_minilm_continues_and_its_run_starts_a_classifier(austen, tmp_path, caplog):

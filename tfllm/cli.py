@@ -49,6 +49,12 @@ def setup_logging(verbose: bool = False, stream=None) -> None:
         pass
 
 
+def ensure_logging() -> None:
+    """Show tfllm's progress lines when the caller (e.g. a notebook) configured no logging."""
+    if not logging.getLogger().hasHandlers():
+        setup_logging(stream=sys.stdout)
+
+
 def main_guard(function=None, *, memory_hint: str = TRAIN_MEMORY_HINT):
     """Run a CLI entry point; a :class:`TfllmError` becomes ``error: ...`` on stderr and its
     ``exit_code`` (2), running out of memory / disk / permissions (:func:`machine_error`) one line

@@ -56,20 +56,13 @@ def keras_batch1(hf_model) -> Callable:
     return lambda features: serve(**features)["logits"].numpy()[0]
 
 
-def eval_examples(cfg, data: Optional[str], max_examples: Optional[int], labels):
+def eval_examples(task, data: Optional[str], max_examples: Optional[int], labels):
     """``(texts, pairs, label ids, source)`` of the dev set or ``data``."""
     from tfllm.data.labels import LabelMap
+    from tfllm.data.splits import load_labelled_splits
 
-    if data:
-        from tfllm.data.readers import read_examples
-
-        d = cfg.data
-        examples = read_examples(data, d.text_column, d.text_pair_column, d.label_column, d.format,
-                                 d.has_header, d.column_names)
-    else:
-        from tfllm.data.splits import load_labelled_splits
-
-        examples = load_labelled_splits(cfg.data, cfg.train.seed).dev
+    cfg = task.cfg
+    examples = task.read_labelled(data) if data else load_labelled_splits(cfg.data, cfg.train.seed).dev
     if max_examples and len(examples) > max_examples:
         examples = examples.subset(range(max_examples))
     ids = LabelMap(tuple(labels)).encode(examples.labels, examples.source)
@@ -77,11 +70,10 @@ def eval_examples(cfg, data: Optional[str], max_examples: Optional[int], labels)
 
 
 def row_metrics(logits: np.ndarray, labels: np.ndarray, reference: Optional[np.ndarray]) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score
+    from tfllm.tasks.classification import accuracy_and_macro_f1
 
     predicted = logits.argmax(-1)
-    out = {"accuracy": float(accuracy_score(labels, predicted)),
-           "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+    out = {**accuracy_and_macro_f1(predicted, labels, logits.shape[-1]),
            "predictions": predicted.tolist()}  # per example, for paired comparisons across variants
     if reference is not None:
         out["agreement"] = float(np.mean(predicted == reference.argmax(-1)))
@@ -115,28 +107,26 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
     """Evaluate every variant of one run; returns ``{"rows": [...], ...}`` (and writes the report)."""
     from tfllm.compression import read_compression
     from tfllm.compression.pruning import summary
-    from tfllm.export.tflite import MODES, TFLiteClassifier, export_tflite, load_run, model_filename
-    from tfllm.models.classifier import BertClassifier
-    from tfllm.predict import Classifier
+    from tfllm.export.tflite import MODES, export_tflite, model_filename
+    from tfllm.inference import Predictor
+    from tfllm.runs import load_run
 
     run_dir = Path(run_dir)
     num_threads = num_threads or os.cpu_count()  # as TensorFlow uses every core for the Keras row
-    loaded = load_run(run_dir)
-    cfg, labels, tokenizer, hf_model = loaded
+    run = load_run(run_dir, "classification")
+    cfg, labels, tokenizer, hf_model = run.cfg, run.task.label_names, run.tokenizer, run.hf_model
     out_dir = Path(export_dir) if export_dir else run_dir / "export"
     compression = read_compression(run_dir)
     if modes is None:
         modes = [m for m in MODES if m != "qat" or "qat" in compression]
-    texts, pairs, y, source = eval_examples(cfg, data, max_examples, labels)
+    texts, pairs, y, source = eval_examples(run.task, data, max_examples, labels)
     if len(texts) == 0:
         raise TfllmError(f"{source}: no examples to evaluate on")
     sparsity = summary(hf_model, ("attention", "feed_forward"))["overall"]
     name = name or run_dir.name
     log.info("comparing %s on %d examples of %s", name, len(texts), source)
 
-    classifier = Classifier(run_dir, BertClassifier(hf_model, len(labels)), tokenizer, labels,
-                            cfg.data.max_length, cfg)
-    reference = classifier.logits(texts, pairs)
+    reference = Predictor.from_run(run).logits(texts, pairs)
     from tfllm.compression.ptq import encode_one
 
     timed = [encode_one(tokenizer, t, pairs[i] if pairs else None, cfg.data.max_length)
@@ -149,10 +139,10 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
     for mode in modes:
         path = out_dir / model_filename(mode)
         if not export_is_current(path, run_dir, cfg, mode):
-            export_tflite(run_dir, mode, out_dir, calibration_data, loaded)
-        runner = TFLiteClassifier.load(path, num_threads)
+            export_tflite(run, mode, out_dir, calibration_data)
+        runner = Predictor.load(path, num_threads)
         logits = runner.logits(texts, pairs)
-        times = time_calls(runner.run, timed)
+        times = time_calls(runner.backend.run, timed)
         size, packed = file_sizes(path)
         rows.append({"run": name, "variant": f"tflite_{mode if mode != 'none' else 'fp32'}",
                      "file": str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path),

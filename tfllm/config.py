@@ -15,7 +15,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -36,6 +36,8 @@ class DataConfig:
     text_pair_column: Optional[str] = None       # second sentence for pair tasks (MRPC, RTE)
     label_column: str = "label"
     label_names: Optional[list[str]] = None      # fixes the label order; default: sorted train labels
+    label_names_file: Optional[str] = None       # one name a line; the data's labels are ids 0..N-1 into it
+    label_separator: str = ","                   # multi_label: labels in one cell ("joy,love"; or a JSON list)
     dev_fraction: float = 0.1
     max_train_examples: Optional[int] = None     # take a seeded random subset (quick runs)
     max_dev_examples: Optional[int] = None
@@ -54,6 +56,11 @@ class DataConfig:
     mlm_probability: float = 0.15                # share of tokens chosen for prediction
     whole_word_masking: bool = False             # choose whole words, never parts of one
     nsp: bool = False                            # next-sentence prediction pairs (50% true next)
+    # --- token classification (train.task=token_classification): CoNLL columns or JSONL lists ---
+    tag_scheme: Literal["iob1", "iob2", "bioes"] = "iob2"  # of the files; the model predicts IOB2
+    token_index: int = 0                         # CoNLL column of the token
+    tag_index: int = -1                          # CoNLL column of the tag (-1: the last)
+    stride: int = 32                             # word-pieces shared by consecutive windows of a long sentence
 
 
 @dataclass
@@ -74,12 +81,14 @@ class ModelConfig:
     intermediate_size: Optional[int] = None      # default 4 x hidden_size
     vocab_size: Optional[int] = None             # train a WordPiece vocabulary of this size on the corpus
     tokenizer: Optional[str] = None              # else reuse this checkpoint's tokenizer (default packaged)
+    crf: bool = False                            # token_classification: a CRF layer over the word tags
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and the training loop."""
-    task: Literal["classification", "masked_lm"] = "classification"
+    task: str = "classification"                 # a registered task (tfllm/tasks): classification,
+    #                                              regression, multi_label, token_classification, masked_lm
     epochs: float = 4.0
     max_steps: Optional[int] = None              # overrides epochs when set
     batch_size: int = 16                         # global examples per optimizer step
@@ -98,7 +107,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     early_stopping_patience: Optional[int] = None  # evaluations without improvement
-    early_stopping_metric: str = "accuracy"
+    early_stopping_metric: Optional[str] = None  # dev metric for best weights / early stopping (None: the task's)
+    class_weights: Optional[Union[Literal["balanced"], dict[str, float]]] = None  # classification: per-label loss factors
     restore_best: bool = True                    # keep the best dev weights at the end
 
 
@@ -258,7 +268,7 @@ def from_dict(cls, raw: dict, where: str):
         if dataclasses.is_dataclass(kind):
             value = value.value if isinstance(value, _RawText) else value
             kwargs[key] = from_dict(kind, value or {}, where=f"{dotted}.")
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and not accepts_mapping(kind):
             raise TfllmError(f"config key {dotted}: is a single value, not a section "
                              f"(got keys {', '.join(map(str, value))})")
         else:
@@ -267,16 +277,33 @@ def from_dict(cls, raw: dict, where: str):
     return cfg
 
 
+def accepts_mapping(kind: Any) -> bool:
+    """Whether a type hint admits a ``{key: value}`` mapping (``dict[...]``, maybe in a Union)."""
+    if typing.get_origin(kind) is dict:
+        return True
+    return typing.get_origin(kind) is typing.Union and any(accepts_mapping(a) for a in typing.get_args(kind))
+
+
 def coerce(value: Any, kind: Any, key: str) -> Any:
     """Check/convert one value against a type hint (Optional, Literal, list, bool, int, float, str)."""
     text = value.text if isinstance(value, _RawText) else None
     value = value.value if isinstance(value, _RawText) else value
     origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
+    if origin is typing.Union:  # Optional[X], or one of several types (the first that fits)
+        if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)][0]
-        return coerce(_RawText(text, value) if text is not None else value, inner, key)
+        inner = [a for a in args if a is not type(None)]
+        raw = _RawText(text, value) if text is not None else value
+        for alternative in inner[:-1]:
+            try:
+                return coerce(raw, alternative, key)
+            except TfllmError:
+                continue
+        return coerce(raw, inner[-1], key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TfllmError(f"config key {key}: expected a mapping {{name: value}}, got {value!r}")
+        return {str(k): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)

@@ -203,7 +203,8 @@ def wrap(model: BertClassifier, cfg: PruningConfig, total_steps: int) -> Pruning
                          "(TF-MOT updates the masks across replicas in every forward pass)")
     schedule, end = make_schedule(cfg, total_steps)
     pruned = PruningClassifier(model.bert, model.num_labels, schedule, cfg.layers,
-                               grad_accum_steps=model.grad_accum_steps, max_grad_norm=model.max_grad_norm)
+                               class_weights=model.class_weights, grad_accum_steps=model.grad_accum_steps,
+                               max_grad_norm=model.max_grad_norm)
     pruned.build_pruning()
     log.info("pruning %d kernels (%s) to %.0f%% sparsity, %s schedule from step %d to %s, every %d steps",
              len(pruned.pruning_vars), ", ".join(cfg.layers), 100 * cfg.target_sparsity, cfg.schedule,

@@ -405,8 +405,8 @@ def wrap(model: BertClassifier, groups: Sequence[str], dropout: bool = False) ->
     fake_quantize_embeddings(model.bert, fixed_range=False)
     log.info("QAT: fake-quantising %d Dense layers (%s): int8 kernels, inputs and outputs; "
              "attention probabilities; the word-embedding table", len(wrapped), ", ".join(groups))
-    return QATClassifier(model.bert, model.num_labels, groups, grad_accum_steps=model.grad_accum_steps,
-                         max_grad_norm=model.max_grad_norm)
+    return QATClassifier(model.bert, model.num_labels, groups, class_weights=model.class_weights,
+                         grad_accum_steps=model.grad_accum_steps, max_grad_norm=model.max_grad_norm)
 
 
 def strip(model: QATClassifier) -> tuple[BertClassifier, dict]:

@@ -62,11 +62,23 @@ class BatchPlan:
             epoch, skip = epoch + 1, 0
 
 
+@dataclass
+class SplitData:
+    """One split ready for the Trainer: encoded examples plus the batch plan that orders them."""
+    encoded: Encoded
+    plan: BatchPlan
+    map_fn: Optional[Callable] = None  # in-graph batch transform (e.g. MLM masking)
+
+
+IGNORE = -100  # label of a position that has none (a word's later pieces, [CLS], padding)
+
+
 def pad_batch(encoded: Encoded, indices: np.ndarray, multiple: int = 8, global_size: int = 0) -> tuple:
     """``(features, labels, weights)`` for one batch, padded to its longest sequence.
 
     ``weights`` are ``1 / global_size`` per example, so summing ``loss * weight`` over every
-    replica and micro-batch gives the mean loss of the global batch exactly.
+    replica and micro-batch gives the mean loss of the global batch exactly. Per-token labels
+    (a list of arrays, token classification) are padded with :data:`IGNORE`.
     """
     longest = max((len(encoded.input_ids[i]) for i in indices), default=1)
     width = max(multiple, int(math.ceil(longest / multiple) * multiple)) if multiple > 1 else longest
@@ -79,21 +91,39 @@ def pad_batch(encoded: Encoded, indices: np.ndarray, multiple: int = 8, global_s
         types[row, :n] = encoded.token_type_ids[i]
         mask[row, :n] = 1
     features = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    labels = (encoded.labels[indices] if encoded.labels is not None
-              else np.zeros(len(indices), dtype=np.int32))
     weights = np.full(len(indices), 1.0 / max(global_size or len(indices), 1), dtype=np.float32)
-    return features, labels, weights
+    return features, batch_labels(encoded, indices, width), weights
+
+
+def batch_labels(encoded: Encoded, indices: np.ndarray, width: int) -> np.ndarray:
+    """The labels of one batch: class ids, floats, multi-hot rows or padded per-token ids."""
+    if encoded.labels is None:
+        return np.zeros(len(indices), dtype=np.int32)
+    if isinstance(encoded.labels, list):  # per-token labels, one array per example
+        labels = np.full((len(indices), width), IGNORE, dtype=np.int32)
+        for row, i in enumerate(indices):
+            labels[row, :len(encoded.labels[i])] = encoded.labels[i]
+        return labels
+    return encoded.labels[indices]
+
+
+def feature_spec(encoded: Optional[Encoded] = None) -> tuple:
+    """``(features, labels, weights)`` tensor specs for batches of ``encoded``."""
+    ids = tf.TensorSpec([None, None], tf.int32)
+    labels = encoded.labels if encoded is not None else None
+    if isinstance(labels, list):
+        label_spec = tf.TensorSpec([None, None], tf.int32)
+    elif labels is not None:
+        label_spec = tf.TensorSpec([None, *labels.shape[1:]], tf.as_dtype(labels.dtype))
+    else:
+        label_spec = tf.TensorSpec([None], tf.int32)
+    return ({"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}, label_spec,
+            tf.TensorSpec([None], tf.float32))
 
 
 def replica_slices(indices: np.ndarray, num_replicas: int) -> list[np.ndarray]:
     """Split one global batch into near-equal per-replica slices (in replica order)."""
     return np.array_split(indices, num_replicas)
-
-
-def feature_spec() -> tuple:
-    ids = tf.TensorSpec([None, None], tf.int32)
-    return ({"input_ids": ids, "attention_mask": ids, "token_type_ids": ids},
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32))
 
 
 def make_dataset(encoded: Encoded, plan: BatchPlan, num_replicas: int = 1, start_step: int = 0,
@@ -121,7 +151,7 @@ def make_dataset(encoded: Encoded, plan: BatchPlan, num_replicas: int = 1, start
                 batch = pad_batch(encoded, slices[r], multiple, global_size=len(indices))
                 yield (*batch, epoch) if with_epoch else batch
 
-    signature = (*feature_spec(), tf.TensorSpec([], tf.int64)) if with_epoch else feature_spec()
+    signature = (*feature_spec(encoded), tf.TensorSpec([], tf.int64)) if with_epoch else feature_spec(encoded)
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     if with_epoch:
         ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)

@@ -20,6 +20,38 @@ class LabelledSplits:
     label_map: LabelMap
 
 
+def read_splits(cfg: DataConfig, seed: int = 0, stratify: bool = False) -> tuple[Examples, Examples]:
+    """Train and dev examples with labels as strings (no label map): a held-out
+    ``data.dev_fraction`` of train when there is no dev file, seeded subsets when
+    ``data.max_train_examples`` / ``max_dev_examples`` are set."""
+    train, dev, _ = _read_sources(cfg)
+    if train.labels is None:
+        raise TfllmError(f"{train.source}: no labels")
+    train = seeded_subset(train, cfg.max_train_examples, seed)
+    if dev is None:
+        train, dev = stratified_split(train, cfg.dev_fraction, seed) if stratify else \
+            random_split(train, cfg.dev_fraction, seed)
+    return train, seeded_subset(dev, cfg.max_dev_examples, seed)
+
+
+def seeded_subset(examples: Examples, size: Optional[int], seed: int) -> Examples:
+    """``size`` examples drawn with ``seed`` (in file order), or all of them."""
+    if size and len(examples) > size:
+        return examples.subset(_sample(len(examples), size, seed))
+    return examples
+
+
+def random_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Hold out a seeded ``fraction`` of the examples as dev (no stratification)."""
+    if not 0 < fraction < 1:
+        raise TfllmError(f"config key data.dev_fraction: {fraction} must be between 0 and 1")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    size = max(1, int(round(fraction * len(examples))))
+    dev = examples.subset(np.sort(order[:size]))
+    dev.source = f"{examples.source} (dev split)"
+    return examples.subset(np.sort(order[size:])), dev
+
+
 def load_labelled_splits(cfg: DataConfig, seed: int = 0) -> LabelledSplits:
     """Read train/dev(/test), build the label map from train, check every label is known."""
     train, dev, hf_names = _read_sources(cfg)
@@ -29,16 +61,14 @@ def load_labelled_splits(cfg: DataConfig, seed: int = 0) -> LabelledSplits:
     if cfg.label_names:
         LabelMap.from_labels(train.labels, cfg.label_names).encode(
             train.labels, train.source, unknown="is not in config key data.label_names")
-    if cfg.max_train_examples and len(train) > cfg.max_train_examples:
-        train = train.subset(_sample(len(train), cfg.max_train_examples, seed))
+    train = seeded_subset(train, cfg.max_train_examples, seed)
     label_map = LabelMap.from_labels(train.labels, cfg.label_names or hf_names)
     label_map.encode(train.labels, train.source)
     if dev is None:
         train, dev = stratified_split(train, cfg.dev_fraction, seed)
     if dev.labels is not None:
         label_map.encode(dev.labels, dev.source)  # fails on labels unseen in training
-    if cfg.max_dev_examples and len(dev) > cfg.max_dev_examples:
-        dev = dev.subset(_sample(len(dev), cfg.max_dev_examples, seed))
+    dev = seeded_subset(dev, cfg.max_dev_examples, seed)
     test = _read_file(cfg, cfg.test_file) if cfg.test_file else None
     if test is not None and test.labels is not None:
         label_map.encode(test.labels, test.source)

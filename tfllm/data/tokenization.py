@@ -15,7 +15,8 @@ class Encoded:
     """Token ids of a set of examples, one variable-length int32 array per example."""
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray]
-    labels: Optional[np.ndarray] = None  # int32 class ids, when labelled
+    # int32 class ids [n], float targets [n], multi-hot rows [n, L], or per-token int32 arrays
+    labels: Optional[np.ndarray | list[np.ndarray]] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)

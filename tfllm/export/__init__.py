@@ -22,24 +22,24 @@ FORMATS = ("tflite", "saved_model")
 
 def export(run_dir, fmt: str = "tflite", quantize: str = "none", out_dir=None, calibration_data=None) -> list[Path]:
     """Export ``run_dir``; returns the written model paths (several for ``quantize="all"``)."""
+    from tfllm.compression import read_compression
     from tfllm.export.saved_model import export_saved_model
-    from tfllm.export.tflite import MODES, check_mode, export_tflite, load_run
+    from tfllm.export.tflite import MODES, check_mode, export_tflite
+    from tfllm.runs import load_run
 
     if fmt not in FORMATS:
         close = difflib.get_close_matches(fmt, FORMATS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise TfllmError(f"unknown --format {fmt!r}{hint}; choose from {', '.join(FORMATS)}")
     modes = [check_mode(quantize)] if quantize != "all" else None
-    loaded = load_run(run_dir)
+    if fmt == "saved_model" and quantize != "none":
+        raise TfllmError("--quantize applies to --format tflite only")
+    run = load_run(run_dir)
     if fmt == "saved_model":
-        if quantize != "none":
-            raise TfllmError("--quantize applies to --format tflite only")
-        return [export_saved_model(run_dir, out_dir, loaded)]
+        return [export_saved_model(run, out_dir)]
     if modes is None:
-        from tfllm.compression import read_compression
-
         modes = [m for m in MODES if m != "qat" or "qat" in read_compression(Path(run_dir))]
-    return [export_tflite(run_dir, mode, out_dir, calibration_data, loaded) for mode in modes]
+    return [export_tflite(run, mode, out_dir, calibration_data) for mode in modes]
 
 
 def parse_args(argv=None):

@@ -10,8 +10,10 @@ The graph is frozen directly (``experimental_lower_to_saved_model=False``): ~10x
 convert than through a temporary SavedModel, same ops, but no signature table.
 
     >>> path = export_tflite("runs/sst2", "int8")            # runs/sst2/export/model_int8.tflite
-    >>> clf = TFLiteClassifier.load(path)                      # ai_edge_litert Interpreter
-    >>> clf.logits(["a gripping film"])
+    >>> Predictor.load(path).predict(["a gripping film"])      # tfllm.inference, LiteRT backend
+
+Any task whose head returns ``logits`` exports the same way: ``[1, labels]`` for sequence tasks,
+``[1, n, tags]`` for token classification; the metadata names the task and its artifacts.
 """
 from __future__ import annotations
 
@@ -25,9 +27,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfllm import io
+from tfllm import io, rundir
+from tfllm.compression import qat, read_compression
+from tfllm.compression.ptq import calibration_features
+from tfllm.config import Config, from_dict
 from tfllm.data.readers import read_json
+from tfllm.data.tokenization import Encoded, load_tokenizer
 from tfllm.errors import TfllmError, first_line
+from tfllm.models.checkpoints import load_trained
+from tfllm.runs import Run, head_class, load_run
+from tfllm.tasks import task_for
 
 log = logging.getLogger("tfllm")
 
@@ -204,38 +213,8 @@ def _converter(hf_model, mode, representative, output_type, strict_int8):
     return converter
 
 
-def load_run(run_dir: str | Path):
-    """``(cfg, label names, tokenizer, HF model)`` of a finished classification run; a corrupt
-    ``config.json``, ``tf_model.h5`` or ``label_map.json`` is a :class:`TfllmError` naming it."""
-    from tfllm.config import load_config
-    from tfllm.data.labels import LabelMap
-    from tfllm.data.tokenization import load_tokenizer
-    from tfllm.models.checkpoints import check_bert_config, load_trained
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TfllmError(f"run directory not found: {run_dir}")
-    if not (run_dir / "model" / "config.json").is_file():
-        raise TfllmError(f"{run_dir} is not a finished tfllm run (no model/ inside); train it first")
-    if not (run_dir / "config.yaml").is_file():
-        raise TfllmError(f"{run_dir} has no config.yaml; is it a tfllm run directory?")
-    cfg = load_config(run_dir / "config.yaml")
-    labels = LabelMap.load(run_dir / "label_map.json").names
-    check_bert_config(run_dir / "model")  # before the slow TensorFlow import
-    tokenizer = load_tokenizer(run_dir / "model")
-    from transformers import TFBertForSequenceClassification
-
-    model = load_trained(TFBertForSequenceClassification, run_dir / "model")
-    if len(labels) != model.config.num_labels:
-        raise TfllmError(f"{run_dir / 'label_map.json'}: {len(labels)} labels, but the model in "
-                         f"{run_dir / 'model'} predicts {model.config.num_labels}")
-    return cfg, list(labels), tokenizer, model
-
-
 def qat_model(run_dir: Path, hf_model):
     """Re-create the run's QAT wrappers on ``hf_model`` with the learned ranges."""
-    from tfllm.compression import qat, read_compression
-
     info = read_compression(run_dir).get("qat")
     if not info:
         raise TfllmError(f"--quantize qat needs a run trained with compression.qat.enabled=true; "
@@ -245,31 +224,23 @@ def qat_model(run_dir: Path, hf_model):
     return hf_model
 
 
-def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str | Path] = None,
-                  calibration_data: Optional[str] = None, loaded=None) -> Path:
+def export_tflite(run: Run | str | Path, mode: str = "none", out_dir: Optional[str | Path] = None,
+                  calibration_data: Optional[str] = None) -> Path:
     """Write ``model[_mode].tflite``, its metadata JSON and the tokenizer files; returns the model path."""
-    from tfllm.compression.ptq import calibration_features
-
     check_mode(mode)
-    run_dir = Path(run_dir)
-    cfg, labels, tokenizer, model = loaded or load_run(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir / "export"
+    run = run if isinstance(run, Run) else load_run(run)
+    cfg, tokenizer, model = run.cfg, run.tokenizer, run.hf_model
+    out_dir = Path(out_dir) if out_dir else run.path / "export"
     representative = None
     if mode == "int8":
         representative = calibration_features(cfg, tokenizer, cfg.compression.int8.calibration_examples,
                                                calibration_data)
-    if mode == "qat":
-        if loaded is not None:  # never wrap a caller's model in place
-            from transformers import TFBertForSequenceClassification
-
-            from tfllm.models.checkpoints import load_trained
-
-            model = load_trained(TFBertForSequenceClassification, run_dir / "model")
-        model = qat_model(run_dir, model)
+    if mode == "qat":  # a fresh copy: never wrap the caller's model in place
+        model = qat_model(run.path, load_trained(head_class(run.task), run.path / rundir.MODEL))
     int8 = cfg.compression.int8
     output_type = int8.output_type if mode == "int8" else "float32"
     float_ops = list(int8.float_ops) if mode == "int8" else []
-    log.info("converting %s to TFLite (%s%s)", run_dir, mode,
+    log.info("converting %s to TFLite (%s%s)", run.path, mode,
              f", float32 {' / '.join(float_ops)}" if float_ops else "")
     flatbuffer = convert(model, mode, representative, output_type, float_ops)
     path = out_dir / model_filename(mode)
@@ -278,7 +249,7 @@ def export_tflite(run_dir: str | Path, mode: str = "none", out_dir: Optional[str
     # a model file and metadata from two different (interrupted) exports are never paired.
     save_tokenizer(tokenizer, out_dir)
     io.write_bytes(path, flatbuffer)
-    io.write_json(path.with_suffix(".json"), metadata(path, mode, cfg, labels, tokenizer, run_dir))
+    io.write_json(path.with_suffix(".json"), metadata(path, mode, run))
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
 
@@ -311,17 +282,20 @@ def check_digest(path: Path, meta: dict) -> None:
                          "(damaged, or an interrupted export): export it again")
 
 
-def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> dict:
-    """What an app needs besides the model: labels, lengths, input names and dtypes, tokenizer."""
+def metadata(path: Path, mode: str, run: Run) -> dict:
+    """What an app needs besides the model: the task and its artifacts (labels...), lengths,
+    input names and dtypes, the tokenizer, and the run's resolved config."""
+    cfg, tokenizer = run.cfg, run.tokenizer
     interpreter = make_interpreter(path)
     inputs, logits = io_details(interpreter)
     scale, zero_point = logits.get("quantization", (0.0, 0))
     return {
         "format": "tflite", "file": path.name, "sha256": file_digest(path), "quantize": mode,
+        "task": run.task.name, **run.task.artifacts(),
         "float_ops": list(cfg.compression.int8.float_ops) if mode == "int8" else None,
         "input_tensors": {name: inputs[name]["name"] for name in INPUT_NAMES},
         "output_tensor": logits["name"],
-        "labels": list(labels), "max_length": int(cfg.data.max_length),
+        "max_length": int(cfg.data.max_length),
         "inputs": list(INPUT_NAMES), "input_shape": [1, -1],
         "input_dtypes": {name: np.dtype(inputs[name]["dtype"]).name for name in INPUT_NAMES},
         "output": "logits", "output_dtype": np.dtype(logits["dtype"]).name,
@@ -331,12 +305,12 @@ def metadata(path: Path, mode: str, cfg, labels, tokenizer, run_dir: Path) -> di
                       "cls_token": tokenizer.cls_token, "sep_token": tokenizer.sep_token,
                       "unk_token": tokenizer.unk_token, "pad_token": tokenizer.pad_token},
         "pair_task": cfg.data.text_pair_column is not None,
-        "data": {k: getattr(cfg.data, k) for k in ("text_column", "text_pair_column", "label_column",
-                                                   "format", "has_header", "column_names")},
         "usage": "tokenize one text (WordPiece, [CLS] text [SEP], truncate to max_length), resize "
-                 "the three int32 inputs to [1, n], set them, invoke; softmax(logits) gives label "
-                 "probabilities",
-        "source_run": str(run_dir),
+                 "the three int32 inputs to [1, n], set them, invoke; the task's outputs follow "
+                 "from logits (softmax for classification, sigmoid for multi_label, per token for "
+                 "token_classification)",
+        "config": cfg.to_dict(),
+        "source_run": str(run.path),
     }
 
 
@@ -349,16 +323,13 @@ def make_interpreter(path: str | Path, num_threads: Optional[int] = None):
         raise TfllmError(f"{path}: not a loadable TFLite model ({str(e).splitlines()[0]})") from None
 
 
-class TFLiteClassifier:
-    """An exported ``.tflite`` classifier run by the LiteRT interpreter (no run directory needed)."""
+class TFLiteBackend:
+    """An exported ``.tflite`` model run by the LiteRT interpreter, one example at a time at its
+    own length (batch 1, no padding); the task and tokenizer come from the files beside it."""
 
-    def __init__(self, path: Path, meta: dict, tokenizer, num_threads: Optional[int] = None):
-        from tfllm.config import Config, DataConfig
-
-        self.path, self.meta, self.tokenizer = Path(path), meta, tokenizer
-        self.label_names = list(meta["labels"])
+    def __init__(self, path: Path, meta: dict, num_threads: Optional[int] = None):
+        self.path, self.meta = Path(path), meta
         self.max_length = int(meta["max_length"])
-        self.config = Config(data=DataConfig(**meta.get("data", {})))
         self.interpreter = make_interpreter(path, num_threads)
         self.inputs, self.output = io_details(self.interpreter)
         self.shape = None
@@ -366,9 +337,8 @@ class TFLiteClassifier:
         self.scale, self.zero_point = (quant["scale"], quant["zero_point"]) if quant else (None, None)
 
     @classmethod
-    def load(cls, path: str | Path, num_threads: Optional[int] = None) -> "TFLiteClassifier":
-        from tfllm.data.tokenization import load_tokenizer
-
+    def load(cls, path: str | Path, num_threads: Optional[int] = None):
+        """``(backend, task, tokenizer)`` of an exported model; its metadata must match it."""
         path = Path(path)
         if not path.is_file():
             raise TfllmError(f"TFLite model not found: {path}")
@@ -378,15 +348,14 @@ class TFLiteClassifier:
                              "python -m tfllm.export)")
         meta = read_json(meta_file)
         check_digest(path, meta)
-        return cls(path, meta, load_tokenizer(path.parent), num_threads)
-
-    def encode(self, text: str, pair: Optional[str] = None) -> dict:
-        from tfllm.compression.ptq import encode_one
-
-        return encode_one(self.tokenizer, text, pair, self.max_length)
+        if not isinstance(meta.get("config"), dict):
+            raise TfllmError(f"{meta_file}: no run config inside; export the run again")
+        task = task_for(from_dict(Config, meta["config"], where=""))
+        task.restore_artifacts(meta)
+        return cls(path, meta, num_threads), task, load_tokenizer(path.parent)
 
     def run(self, features: dict) -> np.ndarray:
-        """Float logits ``[num_labels]`` for one example given as int32 ``[1, n]`` arrays."""
+        """Float outputs of one example given as int32 ``[1, n]`` arrays (batch axis dropped)."""
         length = int(np.shape(features["input_ids"])[-1])
         if length > self.max_length:
             raise TfllmError(f"sequence of {length} tokens is longer than the exported max length "
@@ -402,15 +371,21 @@ class TFLiteClassifier:
         for name in INPUT_NAMES:
             self.interpreter.set_tensor(self.inputs[name]["index"], feed[name])
         self.interpreter.invoke()
-        logits = self.interpreter.get_tensor(self.output["index"])[0]
+        outputs = self.interpreter.get_tensor(self.output["index"])[0]
         if self.scale is not None:
-            logits = (logits.astype(np.float32) - self.zero_point) * self.scale
-        return logits.astype(np.float32)
+            outputs = (outputs.astype(np.float32) - self.zero_point) * self.scale
+        return outputs.astype(np.float32)
 
-    def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
-               batch_size: int = 1) -> np.ndarray:
-        """Logits ``[n, num_labels]``, one interpreter call per text (batch 1, no padding; a
-        ``batch_size`` as :meth:`tfllm.predict.Classifier.logits` takes is ignored)."""
-        rows = [self.run(self.encode(t, pairs[i] if pairs is not None else None))
-                for i, t in enumerate(texts)]
-        return np.stack(rows) if rows else np.zeros((0, len(self.label_names)), np.float32)
+    def outputs(self, encoded: Encoded, batch_size: int = 1):
+        """Per-example outputs, as :func:`tfllm.tasks.base.keras_outputs` returns them."""
+        rows = [self.run(example_features(encoded, i)) for i in range(len(encoded))]
+        if rows and rows[0].ndim == 1:
+            return np.stack(rows)
+        return rows
+
+
+def example_features(encoded: Encoded, i: int) -> dict:
+    """Example ``i`` as the exported model takes it: int32 ``[1, n]`` arrays."""
+    ids = np.asarray(encoded.input_ids[i], np.int32)[None]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.asarray(encoded.token_type_ids[i], np.int32)[None]}

@@ -46,6 +46,10 @@ class TaskModel(tf_keras.Model):
     def task_metrics(self) -> list:
         return []
 
+    def dev_images(self) -> dict:
+        """Images of the metrics' state for TensorBoard (``{name: RGBA uint8 array}``)."""
+        return {}
+
     def _unpack(self, data):
         x, y, w = tf_keras.utils.unpack_x_y_sample_weight(data)
         if w is None:  # plain (x, y) data, e.g. from model.fit: mean over the global batch

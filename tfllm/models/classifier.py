@@ -19,6 +19,7 @@ from tfllm.errors import TfllmError
 from tfllm.models.base import TaskModel
 from tfllm.models.checkpoints import LoadReport, load_pretrained
 from tfllm.models.freezing import apply_freezing
+from tfllm.training.reporting import confusion_image
 
 log = logging.getLogger("tfllm")
 
@@ -57,10 +58,12 @@ def macro_f1_from_confusion(matrix):
 class BertClassifier(TaskModel):
     """Sequence classification; ``call`` returns float32 logits ``[batch, num_labels]``."""
 
-    def __init__(self, bert, num_labels: int, **kwargs):
+    def __init__(self, bert, num_labels: int, class_weights: Optional[np.ndarray] = None, **kwargs):
         super().__init__(**kwargs)
         self.bert = bert
         self.num_labels = num_labels
+        # per-class loss factors (train.class_weights); the labels' mean loss is weighted by them
+        self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
         self.accuracy = tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.confusion = ConfusionMatrix(num_labels)
         self.distill_from(None)
@@ -82,6 +85,8 @@ class BertClassifier(TaskModel):
     def per_example_loss(self, x, y, training):
         logits = self(x, training=training)
         loss = tf_keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        if training and self.class_weights is not None:
+            loss = loss * tf.gather(self.class_weights, tf.cast(y, tf.int32))
         teacher, temperature, weight = self._distillation
         if training and teacher is not None:
             target = tf.nn.softmax(tf.stop_gradient(teacher(x, training=False)) / temperature)
@@ -97,12 +102,18 @@ class BertClassifier(TaskModel):
     def task_metrics(self):
         return [self.accuracy, self.confusion]
 
+    def dev_images(self) -> dict:
+        config = self.bert.config
+        names = [config.id2label[i] for i in range(self.num_labels)]
+        return {"confusion_matrix": confusion_image(self.confusion.matrix.numpy(), names)}
+
     def save_pretrained(self, directory: str) -> None:
         self.bert.save_pretrained(directory)
 
 
 def build_classifier(cfg: ModelConfig, num_labels: int, label_names: Optional[Sequence[str]] = None,
-                     grad_accum_steps: int = 1, max_grad_norm: Optional[float] = None):
+                     grad_accum_steps: int = 1, max_grad_norm: Optional[float] = None,
+                     class_weights: Optional[np.ndarray] = None):
     """Load the checkpoint into a ``TFBertForSequenceClassification`` and wrap it; returns (model, report)."""
     from transformers import TFBertForSequenceClassification
 
@@ -113,7 +124,7 @@ def build_classifier(cfg: ModelConfig, num_labels: int, label_names: Optional[Se
         hidden_dropout_prob=cfg.hidden_dropout, attention_probs_dropout_prob=cfg.attention_dropout,
         classifier_dropout=cfg.classifier_dropout)
     apply_freezing(bert.bert, cfg.freeze_embeddings, cfg.freeze_layers)
-    model = BertClassifier(bert, num_labels, grad_accum_steps=grad_accum_steps,
+    model = BertClassifier(bert, num_labels, class_weights, grad_accum_steps=grad_accum_steps,
                            max_grad_norm=max_grad_norm)
     return model, report
 

@@ -42,13 +42,13 @@ class RunReporter:
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in logs.items() if k != "examples_per_sec")
         log.info("step %d/%d %s%s", step, self.total_steps, shown, rate)
 
-    def dev(self, step: int, metrics: dict, confusion: Optional[np.ndarray] = None,
-            label_names: Optional[Sequence[str]] = None) -> None:
+    def dev(self, step: int, metrics: dict, images: Optional[dict] = None) -> None:
+        """Dev scalars, and images such as a confusion matrix (``{name: RGBA uint8 array}``)."""
         self._scalars(self.dev_writer, step, metrics)
-        if confusion is not None:
+        if images:
             with self.dev_writer.as_default():
-                tf.summary.image("confusion_matrix", confusion_image(confusion, label_names)[None],
-                                 step=step)
+                for name, image in images.items():
+                    tf.summary.image(name, image[None], step=step)
             self.dev_writer.flush()
         log.info("dev @ step %d: %s", step, " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
 

@@ -12,7 +12,7 @@ import os
 import tensorflow as tf
 import tf_keras
 
-from tfllm.config import DistributeConfig
+from tfllm.config import Config, DistributeConfig
 from tfllm.errors import TfllmError
 
 log = logging.getLogger("tfllm")
@@ -66,3 +66,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
                                              and resolver.task_id == 0)
+
+
+def seed_everything(cfg: Config) -> str:
+    """Seed Python/NumPy/TF, make dropout resumable, set the precision policy; returns it."""
+    tf_keras.utils.set_random_seed(cfg.train.seed)
+    # Dropout then draws from tf.random.Generator state variables, which our checkpoints save:
+    # a resumed run continues the exact random stream of the interrupted one.
+    tf_keras.backend.experimental.enable_tf_random_generator()
+    return set_precision(cfg.train.mixed_precision)

@@ -33,7 +33,7 @@ import tf_keras
 
 from tfllm import io
 from tfllm.config import TrainConfig
-from tfllm.data.pipeline import BatchPlan, distribute
+from tfllm.data.pipeline import BatchPlan, SplitData, distribute
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError, first_line
 from tfllm.faults import kill_point
@@ -42,15 +42,12 @@ from tfllm.training.optimization import make_optimizer
 from tfllm.training.reporting import RunReporter
 
 log = logging.getLogger("tfllm")
-LOWER_IS_BETTER = ("loss", "perplexity")
+LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "hamming")
 
 
-@dataclass
-class SplitData:
-    """Encoded examples plus the batch plan that orders them."""
-    encoded: Encoded
-    plan: BatchPlan
-    map_fn: Optional[Callable] = None  # in-graph batch transform (e.g. MLM masking)
+def lower_is_better(metric: str) -> bool:
+    """For a metric named by the user: losses and errors fall as the model improves."""
+    return any(k in metric for k in LOWER_IS_BETTER)
 
 
 @dataclass
@@ -66,10 +63,13 @@ class TrainState:
 
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, run_dir: Path, strategy: tf.distribute.Strategy,
-                 label_names: Optional[Sequence[str]] = None, multiple: int = 8,
+                 monitor: str = "loss", higher_is_better: bool = False, multiple: int = 8,
                  restore_dir: Optional[Path] = None, step_callbacks: Sequence[Callable] = (),
                  final_eval_follows: bool = False):
         self.model, self.cfg, self.run_dir, self.strategy = model, cfg, Path(run_dir), strategy
+        # The dev metric that picks the best weights and drives early stopping (the task's
+        # default unless train.early_stopping_metric names another).
+        self.monitor, self.higher_is_better = monitor, higher_is_better
         # The caller evaluates the final weights itself (classification's final report): the
         # in-loop evaluation at the last step is then skipped unless best-weights restoring or
         # early stopping needs it (on IMDB's 5,000 test reviews that is minutes saved per run).
@@ -77,7 +77,6 @@ class Trainer:
         # Called as callback(trainer, step) before every training step, with ``step`` the number
         # of steps already done (e.g. pruning: TF-MOT's UpdatePruningStep semantics).
         self.step_callbacks = list(step_callbacks)
-        self.label_names = label_names
         self.multiple = multiple
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.restore_dir = Path(restore_dir) if restore_dir else self.ckpt_dir  # read on --resume
@@ -112,7 +111,7 @@ class Trainer:
     def fit(self, train: SplitData, dev: Optional[SplitData], resume: bool = False,
             config_text: str = "") -> TrainState:
         total = self.total_steps(train.plan)
-        sample = _sample_features(train.encoded)
+        sample = sample_features(train.encoded)
         self.compile(total, sample)
         state = self._restore(resume)
         if state.step >= total or state.stopped_early:
@@ -150,7 +149,7 @@ class Trainer:
                 if at_eval and self._evaluate_and_track(dev, state, reporter):
                     state.stopped_early = True
                     log.info("early stopping at step %d: no %s improvement in %d evaluations",
-                             state.step, self.cfg.early_stopping_metric,
+                             state.step, self.monitor,
                              self.cfg.early_stopping_patience)
                     break
                 if state.step % self.cfg.checkpoint_every == 0 or stop.received:
@@ -196,8 +195,9 @@ class Trainer:
         return kept
 
     # --- evaluation and early stopping ----------------------------------------------------
-    def evaluate(self, dev: SplitData) -> tuple[dict, Optional[np.ndarray]]:
-        """Dev metrics from the model's ``test_step`` over one pass, plus a confusion matrix if any."""
+    def evaluate(self, dev: SplitData) -> tuple[dict, dict]:
+        """Dev metrics from the model's ``test_step`` over one pass, plus the model's images
+        (e.g. a confusion matrix) as ``{name: RGBA array}``."""
         replicas = self.strategy.num_replicas_in_sync
         steps = sum(1 for b in dev.plan.epoch(0) if len(b) >= replicas)
         batches = iter(distribute(self.strategy, dev.encoded, dev.plan, epochs=1,
@@ -207,24 +207,21 @@ class Trainer:
         for _ in range(steps):
             test_function(batches)
         metrics = {m.name: float(m.result()) for m in self.model.metrics}
-        confusion = getattr(self.model, "confusion", None)
-        matrix = confusion.matrix.numpy() if confusion is not None else None
+        images = self.model.dev_images()
         self.model.reset_metrics()
-        return metrics, matrix
+        return metrics, images
 
     def _evaluate_and_track(self, dev: SplitData, state: TrainState, reporter: RunReporter) -> bool:
         """Evaluate, log, keep the best weights; True when early stopping should stop the run."""
-        metrics, matrix = self.evaluate(dev)
-        reporter.dev(state.step, metrics, matrix, self.label_names)
+        metrics, images = self.evaluate(dev)
+        reporter.dev(state.step, metrics, images)
         state.history.append({"step": state.step, **metrics})
-        name = self.cfg.early_stopping_metric
-        if name not in metrics:
-            raise TfllmError(f"config key train.early_stopping_metric: {name!r} is not a dev metric "
-                             f"(available: {', '.join(metrics)})")
-        value = metrics[name]
-        lower = any(k in name for k in LOWER_IS_BETTER)
-        improved = state.best_metric is None or (value < state.best_metric if lower
-                                                 else value > state.best_metric)
+        if self.monitor not in metrics:
+            raise TfllmError(f"config key train.early_stopping_metric: {self.monitor!r} is not a dev "
+                             f"metric (available: {', '.join(metrics)})")
+        value = metrics[self.monitor]
+        improved = state.best_metric is None or (value > state.best_metric if self.higher_is_better
+                                                 else value < state.best_metric)
         if improved:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
             if self.cfg.restore_best:
@@ -268,7 +265,7 @@ class Trainer:
                         "step's weights", state.best_step, first_line(e))
             return
         log.info("restored the best dev weights (step %d, %s=%.4f)", state.best_step,
-                 self.cfg.early_stopping_metric, state.best_metric)
+                 self.monitor, state.best_metric)
 
     def _restore(self, resume: bool) -> TrainState:
         """The newest readable checkpoint's weights and state (``resume``), else a fresh state."""
@@ -343,7 +340,7 @@ def _numpy(logs: dict) -> dict:
     return {k: float(np.asarray(v)) for k, v in logs.items()}
 
 
-def _sample_features(encoded: Encoded) -> dict:
+def sample_features(encoded: Encoded) -> dict:
     """A one-example batch used to build the model's variables."""
     ids = encoded.input_ids[0][None, :]
     return {"input_ids": tf.constant(ids), "attention_mask": tf.ones_like(ids),

@@ -1,4 +1,4 @@
-"""Masked-LM pretraining run (``train.task=masked_lm``), on the same Trainer and run directory.
+"""Masked-LM pretraining: ``train.task: masked_lm``, on the same Trainer, lifecycle and run directory.
 
 ``python -m tfllm.train --config configs/mlm_imdb_continue.yaml`` continues pretraining of the
 packaged MiniLM on a text corpus; ``configs/mlm_scratch_tiny.yaml`` first trains a WordPiece
@@ -14,35 +14,106 @@ with the held-out loss, perplexity and masked-token accuracy, and the corpus sta
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfllm import io, rundir
+import numpy as np
+
+from tfllm import io
 from tfllm.config import Config
+from tfllm.data.corpus import encode_corpus, load_corpus_splits, subset
+from tfllm.data.masking import MaskingSpec, check_probability, make_masking_fn
+from tfllm.data.tokenization import encode_texts, load_tokenizer
+from tfllm.data.vocab import check_vocab_size, train_wordpiece
 from tfllm.errors import TfllmError
+from tfllm.models.checkpoints import resolve_checkpoint
+from tfllm.models.masked_lm import SCRATCH, build_masked_lm
+from tfllm.tasks.base import Task, TaskData, plan_splits, register
+from tfllm.cli import ensure_logging
+from tfllm.training.strategy import make_strategy, seed_everything
+from tfllm.training.trainer import Trainer, sample_features
 
 log = logging.getLogger("tfllm")
+TOKENIZER_DIR = "tokenizer"  # a vocabulary trained on the corpus (resume reuses it)
 
 
 @dataclass
-class PretrainingData:
-    tokenizer: object
-    trained_vocab: bool
-    train: "SplitData"
-    dev: "SplitData"
-    stats: dict
+class PretrainingData(TaskData):
+    trained_vocab: bool = False
+    stats: dict = None
+
+
+@register
+class MaskedLMTask(Task):
+    name = "masked_lm"
+    head = "TFBertForMaskedLM"
+    monitor = "loss"
+    higher_is_better = False
+    pair_inputs = False
+    top_k = 5  # tokens shown per [MASK] by predict
+
+    def check_config(self) -> None:
+        check_pretraining_values(self.cfg)
+
+    def load_data(self, resume: bool = False) -> PretrainingData:
+        return prepare_pretraining_data(self.cfg, resume)
+
+    def build_model(self, data: PretrainingData):
+        cfg = self.cfg
+        return build_masked_lm(cfg.model, data.tokenizer, cfg.data.nsp, cfg.train.grad_accum_steps,
+                               cfg.train.max_grad_norm)
+
+    def save_artifacts(self, run_dir: Path, data: PretrainingData) -> None:
+        if data.trained_vocab and not (run_dir / TOKENIZER_DIR / "vocab.txt").is_file():
+            with io.atomic_directory(run_dir / TOKENIZER_DIR) as tmp:
+                data.tokenizer.save_pretrained(str(tmp))
+
+    def final_outputs(self, model, data: PretrainingData, trainer) -> dict:
+        metrics, _ = trainer.evaluate(data.dev)
+        return metrics
+
+    def write_report(self, run_dir: Path, data: PretrainingData, outputs: dict) -> dict:
+        shown = " ".join(f"{k}={v:.4f}" for k, v in outputs.items())
+        print(f"held-out ({data.stats['dev']['source']}): {shown}")
+        return outputs
+
+    def summary_extras(self, data: PretrainingData) -> dict:
+        return {"corpus": data.stats}
+
+    # --- inference: fill-mask ------------------------------------------------------------------
+    def check_model(self, hf_model, where: Path) -> None:
+        if not hasattr(hf_model, "mlm"):
+            raise TfllmError(f"{where} holds no masked-LM head; --fill-mask needs a masked_lm run")
+
+    def wrap_model(self, hf_model):
+        return lambda features, training=False: hf_model(features, training=training).logits
+
+    def encode(self, tokenizer, texts, pairs=None):
+        for number, text in enumerate(texts, start=1):
+            if tokenizer.mask_token not in text:
+                raise TfllmError(f"text {number} has no {tokenizer.mask_token} token: {text!r}")
+        return encode_texts(tokenizer, texts, None, self.cfg.data.max_length)
+
+    def rows(self, texts, pairs, outputs, encoded, tokenizer) -> list[dict]:
+        """One row per [MASK]: the text, the mask's number (1-based) and the top-k tokens."""
+        rows = []
+        for text, ids, logits in zip(texts, encoded.input_ids, outputs):
+            for k, position in enumerate(np.flatnonzero(ids == tokenizer.mask_token_id), start=1):
+                z = logits[position] - logits[position].max()
+                p = np.exp(z) / np.exp(z).sum()
+                best = np.argsort(-p)[:self.top_k]
+                rows.append({"text": text, "mask": k,
+                             "predictions": [{"token": tokenizer.convert_ids_to_tokens(int(i)),
+                                              "probability": round(float(p[i]), 6)} for i in best]})
+        return rows
 
 
 def check_pretraining_values(cfg: Config) -> None:
     """Masked-LM-specific range checks (before anything is read or written)."""
-    from tfllm.data.masking import check_probability
-    from tfllm.data.vocab import check_vocab_size
-    from tfllm.models.masked_lm import SCRATCH
-
     check_probability(cfg.data.mlm_probability)
     model = cfg.model
     sizes = {k: getattr(model, k) for k in ("preset", "num_layers", "hidden_size", "num_heads",
@@ -69,17 +140,12 @@ def check_pretraining_values(cfg: Config) -> None:
 
 def load_pretraining_tokenizer(cfg: Config, train_texts, resume: bool):
     """The checkpoint's tokenizer, a reused one, or a WordPiece vocabulary trained on ``train_texts``."""
-    from tfllm.data.tokenization import load_tokenizer
-    from tfllm.data.vocab import train_wordpiece
-    from tfllm.models.checkpoints import resolve_checkpoint
-    from tfllm.models.masked_lm import SCRATCH
-
     model = cfg.model
     if model.checkpoint != SCRATCH:
         return load_tokenizer(resolve_checkpoint(model.checkpoint)), False
     if model.vocab_size is None:
         return load_tokenizer(resolve_checkpoint(model.tokenizer or "packaged:minilm-l6")), False
-    saved = cfg.run_dir / "tokenizer"
+    saved = cfg.run_dir / TOKENIZER_DIR
     if resume and (saved / "vocab.txt").is_file():
         log.info("resume: reusing the vocabulary trained before (%s)", saved)
         return load_tokenizer(saved), True
@@ -94,11 +160,6 @@ def prepare_pretraining_data(cfg: Config, resume: bool = False, with_train: bool
     """Read the corpus, hold out text, get the tokenizer, cut sequences, plan batches with masking.
 
     ``with_train=False`` prepares only the held-out side (``train`` is then None)."""
-    from tfllm.data.corpus import encode_corpus, load_corpus_splits, subset
-    from tfllm.data.masking import MaskingSpec, make_masking_fn
-    from tfllm.data.pipeline import BatchPlan
-    from tfllm.training.trainer import SplitData
-
     data, seed = cfg.data, cfg.train.seed
     started = time.time()
     splits = load_corpus_splits(data, seed)
@@ -119,66 +180,12 @@ def prepare_pretraining_data(cfg: Config, resume: bool = False, with_train: bool
     log.info("corpus prepared in %.1f s", time.time() - started)
     spec = MaskingSpec.from_tokenizer(tokenizer, data.mlm_probability, data.whole_word_masking)
     stats = {"dev": dict(dev_stats.as_dict(), used_sequences=len(dev), source=splits.dev.source)}
-    train_split = None
     if with_train:
         stats["train"] = dict(train_stats.as_dict(), used_sequences=len(train), source=splits.train.source)
-        train_split = SplitData(train, BatchPlan(train.lengths, cfg.train.batch_size, seed, True,
-                                                 data.bucketing, data.bucket_window),
-                                make_masking_fn(spec, seed, data.nsp))
-    return PretrainingData(
-        tokenizer, trained, train_split,
-        SplitData(dev, BatchPlan(dev.lengths, cfg.train.eval_batch_size, shuffle=False,
-                                 bucketing=data.bucketing), make_masking_fn(spec, seed + 1, data.nsp)),
-        stats)
-
-
-def run_pretraining(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
-    """Pretrain as ``cfg`` says; returns the run directory."""
-    from tfllm.models.masked_lm import build_masked_lm
-    from tfllm.train import (_check_values, already_finished, ensure_logging, prepare_run_dir,
-                             save_model, seed_everything, write_run_metadata)
-    from tfllm.training.strategy import is_chief, make_strategy
-    from tfllm.training.trainer import Trainer
-
-    started = time.time()
-    ensure_logging()
-    _check_values(cfg)
-    check_pretraining_values(cfg)
-    if already_finished(cfg, resume):
-        return cfg.run_dir
-    strategy = make_strategy(cfg.distribute)
-    if is_chief(strategy):
-        rundir.check_claim(cfg.run_dir, overwrite, resume)
-    data = prepare_pretraining_data(cfg, resume)
-    precision = seed_everything(cfg)
-    with strategy.scope():
-        model, report = build_masked_lm(cfg.model, data.tokenizer, cfg.data.nsp,
-                                        cfg.train.grad_accum_steps, cfg.train.max_grad_norm)
-    log.info(report.summary())
-
-    chief = is_chief(strategy)
-    run_dir = prepare_run_dir(cfg, overwrite, resume) if chief else Path(tempfile.mkdtemp("-tfllm-worker"))
-    write_run_metadata(run_dir, cfg, resume, precision, strategy.num_replicas_in_sync)
-    if data.trained_vocab and not (run_dir / "tokenizer" / "vocab.txt").is_file():
-        with io.atomic_directory(run_dir / "tokenizer") as tmp:
-            data.tokenizer.save_pretrained(str(tmp))
-    trainer = Trainer(model, cfg.train, run_dir, strategy, None, cfg.data.pad_to_multiple_of,
-                      restore_dir=cfg.run_dir / "checkpoints")
-    state = trainer.fit(data.train, data.dev, resume=resume,
-                        config_text=(run_dir / "config.yaml").read_text())
-    save_model(run_dir, model, data.tokenizer)
-    metrics, _ = trainer.evaluate(data.dev)
-    summary = {"dev": metrics, "steps": state.step, "best_step": state.best_step,
-               "stopped_early": state.stopped_early, "train_seconds": round(time.time() - started, 1),
-               "history": state.history, "corpus": data.stats}
-    io.write_json(run_dir / "metrics.json", summary)
-    shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    print(f"held-out ({data.stats['dev']['source']}): {shown}")
-    print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
-    if not chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return cfg.run_dir
-    return run_dir
+    train_split, dev_split = plan_splits(cfg, train if with_train else None, dev,
+                                         make_masking_fn(spec, seed, data.nsp),
+                                         make_masking_fn(spec, seed + 1, data.nsp))
+    return PretrainingData(tokenizer, train_split, dev_split, trained, stats)
 
 
 def heldout_metrics(cfg: Config, checkpoint: str | None = None) -> dict:
@@ -189,13 +196,6 @@ def heldout_metrics(cfg: Config, checkpoint: str | None = None) -> dict:
     ``heldout_metrics(cfg)`` before and ``heldout_metrics(cfg, run_dir)`` after a run compare
     like with like. A run directory as ``checkpoint`` brings its own tokenizer (and MLM head).
     """
-    import dataclasses
-
-    from tfllm.models.masked_lm import build_masked_lm
-    from tfllm.train import ensure_logging, seed_everything
-    from tfllm.training.strategy import make_strategy
-    from tfllm.training.trainer import Trainer, _sample_features
-
     if checkpoint is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, checkpoint=str(checkpoint), preset=None, num_layers=None, hidden_size=None,
@@ -209,7 +209,7 @@ def heldout_metrics(cfg: Config, checkpoint: str | None = None) -> dict:
         model, report = build_masked_lm(cfg.model, data.tokenizer, cfg.data.nsp)
     log.info(report.summary())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, cfg.train, Path(tmp), strategy, None, cfg.data.pad_to_multiple_of)
-        trainer.compile(1, _sample_features(data.dev.encoded))
+        trainer = Trainer(model, cfg.train, Path(tmp), strategy, multiple=cfg.data.pad_to_multiple_of)
+        trainer.compile(1, sample_features(data.dev.encoded))
         metrics, _ = trainer.evaluate(data.dev)
     return metrics

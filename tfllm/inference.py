@@ -1,0 +1,90 @@
+"""One inference interface for every task and backend: texts in, the task's predictions out.
+
+A :class:`Predictor` is a task (which knows how texts become inputs and outputs become rows), a
+tokenizer and a backend that maps encoded examples to the model's outputs: the Keras model of a
+run directory, or an exported ``.tflite`` file run by LiteRT (with its metadata and tokenizer
+beside it, no run directory needed).
+
+    >>> predictor = Predictor.load("runs/sst2")                                 # Keras
+    >>> predictor = Predictor.load("runs/sst2/export/model_int8.tflite")        # LiteRT
+    >>> predictor.predict(["a gripping, beautifully acted film"])
+    [{'text': 'a gripping, beautifully acted film', 'label': 'positive', 'probabilities': {...}}]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tfllm.data.tokenization import Encoded
+from tfllm.export.tflite import TFLiteBackend
+from tfllm.runs import Run, load_run
+from tfllm.tasks import Task
+from tfllm.tasks.base import keras_outputs
+
+
+class KerasBackend:
+    """A Keras model (the task's wrapper around a trained HF head), batched by length."""
+
+    def __init__(self, model, multiple: int = 8):
+        self.model, self.multiple = model, multiple
+
+    def outputs(self, encoded: Encoded, batch_size: int = 64):
+        return keras_outputs(self.model, encoded, batch_size, self.multiple)
+
+
+class Predictor:
+    """Inference for one trained model, whatever the task and backend."""
+
+    def __init__(self, task: Task, tokenizer, backend, source: Path, run: Optional[Run] = None):
+        self.task, self.tokenizer, self.backend, self.source, self.run = task, tokenizer, backend, source, run
+
+    @classmethod
+    def load(cls, path: str | Path, num_threads: Optional[int] = None, task_name: Optional[str] = None):
+        """A run directory (Keras) or an exported ``.tflite`` model (LiteRT)."""
+        path = Path(path)
+        if path.suffix == ".tflite":
+            backend, task, tokenizer = TFLiteBackend.load(path, num_threads)
+            return cls(task, tokenizer, backend, path)
+        return cls.from_run(load_run(path, task_name))
+
+    @classmethod
+    def from_run(cls, run: Run, model=None) -> "Predictor":
+        """A loaded run, predicting with ``model`` (a Keras model) or the run's own."""
+        model = model if model is not None else run.task.wrap_model(run.hf_model)
+        return cls(run.task, run.tokenizer, KerasBackend(model, run.cfg.data.pad_to_multiple_of),
+                   run.path, run)
+
+    @property
+    def config(self):
+        return self.task.cfg
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(getattr(self.task, "label_names", None) or [])
+
+    @property
+    def pair_task(self) -> bool:
+        return self.task.cfg.data.text_pair_column is not None
+
+    def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None, batch_size: int = 64):
+        """The model's raw outputs for each input (stacked for sequence tasks, a list of
+        per-window arrays for token classification)."""
+        return self.backend.outputs(self.task.encode(self.tokenizer, texts, pairs), batch_size)
+
+    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+                batch_size: int = 64) -> list[dict]:
+        """One JSON-ready dict per text (per [MASK] for fill-mask)."""
+        encoded = self.task.encode(self.tokenizer, texts, pairs)
+        outputs = self.backend.outputs(encoded, batch_size)
+        return self.task.rows(texts, pairs, outputs, encoded, self.tokenizer)
+
+    def evaluate(self, data_file: str, out_dir: Path, **columns) -> dict:
+        """Score on a labelled file (the task's metrics); reports go to ``out_dir``."""
+        return self.task.evaluate_file(self, data_file, Path(out_dir), **columns)
+
+
+def as_array(outputs) -> np.ndarray:
+    """Stacked outputs (sequence tasks) as one array."""
+    return outputs if isinstance(outputs, np.ndarray) else np.stack(outputs)

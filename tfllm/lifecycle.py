@@ -1,0 +1,163 @@
+"""The run lifecycle every task shares: check, strategy, data, seed, build, run dir, train, save, report.
+
+    >>> run_dir = run(load_config("configs/stsb_minilm.yaml"))        # any registered task
+
+Everything that can fail on bad input (config values, data, checkpoint) is checked before the run
+directory is touched, so a failed start never damages an existing run. Multi-worker: every worker
+runs every step (they share collectives), but only the chief writes the run directory; the others
+write to a scratch directory deleted at the end and resume from the chief's checkpoints (shared
+storage, as TF's multi-worker guide assumes).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tensorflow as tf
+import tf_keras
+import transformers
+
+import tfllm
+from tfllm import io, rundir
+from tfllm.cli import ensure_logging
+from tfllm.compression import CompressionPhase, total_steps
+from tfllm.config import Config, save_config, with_absolute_paths
+from tfllm.data.readers import read_json
+from tfllm.errors import TfllmError
+from tfllm.tasks import Task, task_for
+from tfllm.training.strategy import is_chief, make_strategy, seed_everything
+from tfllm.training.trainer import Trainer, lower_is_better
+
+log = logging.getLogger("tfllm")
+
+
+def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train as ``cfg`` says (``train.task`` picks the task); returns the run directory."""
+    started = time.time()
+    ensure_logging()
+    task = task_for(cfg)
+    check_values(cfg)
+    task.check_config()
+    if already_finished(cfg, resume):
+        return cfg.run_dir
+    strategy = make_strategy(cfg.distribute)  # before anything else touches TF devices
+    chief = is_chief(strategy)
+    if chief:
+        rundir.check_claim(cfg.run_dir, overwrite, resume)  # refuse now, not after minutes of work
+    data = task.load_data(resume)
+    precision = seed_everything(cfg)
+    with strategy.scope():
+        model, report = task.build_model(data)
+        # Pruning / QAT (cfg.compression): TF-MOT wrappers around the same weights, or a no-op.
+        compression = CompressionPhase.start(cfg, model, total_steps(cfg.train, data.train.plan))
+    log.info(report.summary())
+
+    run_dir = rundir.claim(cfg.run_dir, overwrite, resume) if chief else Path(tempfile.mkdtemp("-tfllm-worker"))
+    write_run_metadata(run_dir, cfg, resume, precision, strategy.num_replicas_in_sync)
+    task.save_artifacts(run_dir, data)
+    monitor, higher = monitored_metric(cfg, task)
+    trainer = Trainer(compression.model, compression.train_config(cfg.train), run_dir, strategy,
+                      monitor, higher, cfg.data.pad_to_multiple_of,
+                      restore_dir=cfg.run_dir / rundir.CHECKPOINTS,
+                      step_callbacks=compression.step_callbacks, final_eval_follows=True)
+    state = trainer.fit(data.train, data.dev, resume=resume,
+                        config_text=(run_dir / rundir.CONFIG).read_text())
+    outputs = task.final_outputs(compression.model, data, trainer)
+    model = compression.finish(run_dir, state.step)  # wrappers stripped: a plain BERT is saved
+    save_model(run_dir, model, data.tokenizer)
+    final = task.write_report(run_dir, data, outputs)
+    write_summary(run_dir, final, state, time.time() - started, task.summary_extras(data))
+    print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return cfg.run_dir
+    return run_dir
+
+
+def monitored_metric(cfg: Config, task: Task) -> tuple[str, bool]:
+    """The dev metric that picks the best weights: ``train.early_stopping_metric`` or the task's."""
+    name = cfg.train.early_stopping_metric
+    if name is None:
+        return task.monitor, task.higher_is_better
+    return name, not lower_is_better(name)
+
+
+def write_summary(run_dir: Path, final: dict, state, seconds: float, extras: dict) -> None:
+    """``metrics.json`` (written last: its presence marks the run finished) and the final dev
+    scalars in TensorBoard when the Trainer did not evaluate the last step itself."""
+    from tfllm.training.reporting import write_dev_scalars
+
+    scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+    if not state.history or state.history[-1]["step"] != state.step:
+        write_dev_scalars(run_dir, state.step, scalars)
+        state.history.append({"step": state.step, **scalars})
+    io.write_json(run_dir / rundir.METRICS, {
+        "dev": final, "steps": state.step, "best_step": state.best_step,
+        "stopped_early": state.stopped_early, "train_seconds": round(seconds, 1),
+        "history": state.history, **extras})
+
+
+def already_finished(cfg: Config, resume: bool) -> bool:
+    """``--resume`` of a finished run changes nothing: say so (and how to train on) instead."""
+    if not (resume and rundir.is_finished(cfg.run_dir)):
+        return False
+    metrics = read_json(cfg.run_dir / rundir.METRICS)
+    how = "stopped early" if metrics.get("stopped_early") else "finished"
+    log.info("--resume: %s already %s at step %s (best step %s); nothing changed. To train "
+             "further, start a new run from it: model.checkpoint=%s output_dir=<new folder>",
+             cfg.run_dir, how, metrics.get("steps"), metrics.get("best_step"), cfg.run_dir)
+    return True
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "tf_keras": tf_keras.__version__, "transformers": transformers.__version__,
+            "tfllm": tfllm.__version__, "platform": platform.platform()}
+
+
+def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision: str, replicas: int) -> None:
+    if not (resume and (run_dir / rundir.CONFIG).exists()):
+        save_config(with_absolute_paths(cfg), run_dir / rundir.CONFIG)  # usable from any directory
+    io.write_json(run_dir / rundir.RUN_INFO, {"versions": versions(), "seed": cfg.train.seed,
+                                              "precision": precision, "command": sys.argv,
+                                              "replicas": replicas, "task": cfg.train.task})
+
+
+def save_model(run_dir: Path, model, tokenizer) -> None:
+    """``run_dir/model``: a transformers checkpoint with its tokenizer, replaced atomically."""
+    with io.atomic_directory(run_dir / rundir.MODEL) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+
+def check_values(cfg: Config) -> None:
+    """Range checks the type system cannot express (every task)."""
+    if not cfg.output_dir:
+        rundir.check_run_name(cfg.name)
+    for section in ("data", "model", "train"):
+        for key, value in vars(getattr(cfg, section)).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TfllmError(f"config key {section}.{key}: must be a finite number, got {value}")
+    positive = {"train.batch_size": cfg.train.batch_size, "train.grad_accum_steps": cfg.train.grad_accum_steps,
+                "train.log_every": cfg.train.log_every, "train.checkpoint_every": cfg.train.checkpoint_every,
+                "data.max_length": cfg.data.max_length, "train.eval_batch_size": cfg.train.eval_batch_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise TfllmError(f"config key {key}: must be at least 1, got {value}")
+    if cfg.train.epochs <= 0 and not cfg.train.max_steps:
+        raise TfllmError("config key train.epochs: must be positive")
+    if cfg.train.learning_rate <= 0:
+        raise TfllmError("config key train.learning_rate: must be positive")
+    if cfg.data.max_length > 512:
+        raise TfllmError("config key data.max_length: BERT position embeddings stop at 512")
+    comp = cfg.compression
+    enabled = [k for k in ("pruning", "qat", "distillation") if getattr(comp, k).enabled]
+    if enabled and not task_for(cfg).supports_compression:
+        raise TfllmError(f"config key compression.{enabled[0]}.enabled: train.task "
+                         f"{cfg.train.task} does not support compression phases")

@@ -1,0 +1,8 @@
+"""Token classification (named-entity recognition): ``train.task: token_classification``."""
+from tfllm.tasks.base import Task, register
+
+
+@register
+class TokenClassificationTask(Task):
+    name = "token_classification"
+    head = "TFBertForTokenClassification"
