@@ -226,10 +226,14 @@ def test_fill_mask_cli(scratch_run):
                           "no mask here"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: text 1 has no [MASK]")
 
+    predicted = subprocess.run([sys.executable, "-m", "tfllm.predict", str(scratch_run), "a text"],
+                               capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 2 and "masked-LM run, not a classifier" in predicted.stderr
+
     from tfllm.inference import Predictor
 
-    with pytest.raises(TfllmError, match="masked-LM run, not a classifier"):
-        Predictor.load(scratch_run)
+    with pytest.raises(TfllmError, match="is a masked_lm run, not classification"):
+        Predictor.load(scratch_run, task_name="classification")
 
 
 def test_packaged_minilm_continues_and_its_run_starts_a_classifier(austen, tmp_path, caplog):
