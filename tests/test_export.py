@@ -226,7 +226,7 @@ def test_bad_input_fails_with_one_line(run, tmp_path, capsys):
     runner = Predictor.load(path)
     too_long = {name: np.ones((1, 49), np.int32) for name in ("input_ids", "attention_mask", "token_type_ids")}
     with pytest.raises(TfllmError, match="49 tokens is longer than the exported max length 48"):
-        runner.run(too_long)
+        runner.backend.run(too_long)
     assert runner.logits(["word " * 200]).shape == (1, 2)  # texts are truncated like in training
 
 

@@ -373,6 +373,7 @@ def with_absolute_paths(cfg: Config) -> Config:
     data = dataclasses.replace(cfg.data, train_file=_absolute_files(cfg.data.train_file),
                                dev_file=_absolute_files(cfg.data.dev_file),
                                test_file=_absolute_files(cfg.data.test_file),
+                               label_names_file=_absolute_files(cfg.data.label_names_file),
                                hf_dataset=_absolute_if_local(cfg.data.hf_dataset))
     model = dataclasses.replace(cfg.model, checkpoint=_absolute_if_local(cfg.model.checkpoint),
                                 tokenizer=_absolute_if_local(cfg.model.tokenizer))

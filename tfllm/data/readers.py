@@ -213,8 +213,14 @@ def is_missing(value) -> bool:
 
 
 def label_to_str(value) -> str:
+    """A label cell as text: ``1.0`` -> ``"1"``; a JSON / parquet list of labels (multi-label)
+    -> its JSON text, which :func:`tfllm.data.multilabel.parse_label_sets` reads back."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # numpy arrays (parquet list columns)
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), ensure_ascii=False)
     return str(value).strip()
 
 

@@ -31,6 +31,7 @@ from tfllm.config import Config
 from tfllm.data.pipeline import BatchPlan, SplitData
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
+from tfllm.training.reporting import on_terminal, progress_bar
 
 TASKS: dict[str, type["Task"]] = {}
 
@@ -155,12 +156,15 @@ def keras_outputs(model, encoded: Encoded, batch_size: int = 64, multiple: int =
     order = np.concatenate(plan.epoch(0)) if len(encoded) else np.zeros(0, np.int64)
     outputs: list = [None] * len(encoded)
     position = 0
-    for features, _, _ in make_dataset(encoded, plan, epochs=1, multiple=multiple):
+    bar = progress_bar(plan.steps_per_epoch, "batch") if on_terminal() and plan.steps_per_epoch > 1 else None
+    for number, (features, _, _) in enumerate(make_dataset(encoded, plan, epochs=1, multiple=multiple), start=1):
         batch = np.asarray(model(features, training=False))
         for row in batch:
             i = order[position]
             outputs[i] = row[:len(encoded.input_ids[i])] if batch.ndim == 3 else row
             position += 1
+        if bar is not None:
+            bar.update(number)
     if outputs and outputs[0].ndim == 1:
         return np.stack(outputs)
     return outputs

@@ -1,14 +1,21 @@
-"""Console progress and TensorBoard event files for a run (train/ and dev/ writers)."""
+"""Console progress and TensorBoard event files for a run (train/ and dev/ writers).
+
+On a terminal, training shows a live progress bar (Keras' ``Progbar``: step, loss, rate, ETA)
+and evaluation / prediction a bar per pass; when the output is a file or a pipe (CI, logs,
+``nohup``), plain log lines every ``train.log_every`` steps instead.
+"""
 from __future__ import annotations
 
 import io
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 log = logging.getLogger("tfllm")
 
@@ -16,12 +23,18 @@ log = logging.getLogger("tfllm")
 class RunReporter:
     """Writes scalars, the confusion matrix image and the config text under ``run_dir/tensorboard``."""
 
-    def __init__(self, run_dir: Path, total_steps: int):
+    def __init__(self, run_dir: Path, total_steps: int, live: Optional[bool] = None):
         self.train_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "train"))
         self.dev_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "dev"))
         self.total_steps = total_steps
         self.started = time.time()
         self.last_time, self.last_step = self.started, None
+        self.bar = progress_bar(total_steps, "step") if (on_terminal() if live is None else live) else None
+
+    def step(self, step: int, loss: float) -> None:
+        """Every step: move the live bar (on a terminal)."""
+        if self.bar is not None:
+            self.bar.update(step, [("loss", loss)])
 
     def config_text(self, text: str, step: int = 0) -> None:
         with self.train_writer.as_default():
@@ -40,7 +53,8 @@ class RunReporter:
         self.last_time, self.last_step = now, step
         self._scalars(self.train_writer, step, logs)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in logs.items() if k != "examples_per_sec")
-        log.info("step %d/%d %s%s", step, self.total_steps, shown, rate)
+        if self.bar is None:  # on a terminal the bar shows the step, loss, rate and ETA
+            log.info("step %d/%d %s%s", step, self.total_steps, shown, rate)
 
     def dev(self, step: int, metrics: dict, images: Optional[dict] = None) -> None:
         """Dev scalars, and images such as a confusion matrix (``{name: RGBA uint8 array}``)."""
@@ -68,6 +82,17 @@ class RunReporter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def on_terminal() -> bool:
+    """Whether progress goes to a person watching a terminal (not a log file or a pipe); Keras'
+    ``Progbar`` writes to stdout."""
+    return sys.stdout.isatty()
+
+
+def progress_bar(total: int, unit: str = "step"):
+    """A live Keras progress bar (loss as given, rate and ETA) counting ``unit`` up to ``total``."""
+    return tf_keras.utils.Progbar(total, stateful_metrics=["loss"], unit_name=unit)
 
 
 def write_dev_scalars(run_dir: Path, step: int, metrics: dict) -> None:

@@ -39,7 +39,7 @@ from tfllm.errors import TfllmError, first_line
 from tfllm.faults import kill_point
 from tfllm.training.interrupts import StopSignals
 from tfllm.training.optimization import make_optimizer
-from tfllm.training.reporting import RunReporter
+from tfllm.training.reporting import RunReporter, on_terminal, progress_bar
 
 log = logging.getLogger("tfllm")
 LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "hamming")
@@ -140,6 +140,7 @@ class Trainer:
                 logs = train_function(batches)
                 state.step += 1
                 self._check_finite(logs, state.step)
+                reporter.step(state.step, float(logs["loss"]))
                 at_eval = dev is not None and (state.step % eval_every == 0 or state.step == total)
                 if state.step == total and skip_last_eval:
                     at_eval = False
@@ -204,8 +205,11 @@ class Trainer:
                                   multiple=self.multiple, map_fn=dev.map_fn))
         test_function = self.model.make_test_function()
         self.model.reset_metrics()
-        for _ in range(steps):
+        bar = progress_bar(steps, "batch") if on_terminal() and steps > 1 else None
+        for number in range(1, steps + 1):
             test_function(batches)
+            if bar is not None:
+                bar.update(number)
         metrics = {m.name: float(m.result()) for m in self.model.metrics}
         images = self.model.dev_images()
         self.model.reset_metrics()
