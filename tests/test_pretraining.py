@@ -19,7 +19,8 @@ from tfllm.data.tokenization import load_tokenizer
 from tfllm.data.vocab import SPECIAL_TOKENS, train_wordpiece
 from tfllm.errors import TfllmError
 from tfllm.models.checkpoints import resolve_checkpoint
-from tfllm.models.masked_lm import MaskedLanguageModel, MaskFiller, build_masked_lm
+from tfllm.inference import Predictor
+from tfllm.models.masked_lm import MaskedLanguageModel, build_masked_lm
 from tfllm.train import run_training
 from tfllm.training.optimization import make_optimizer
 
@@ -297,7 +298,7 @@ def test_nsp_run_reports_nsp_metrics_and_still_starts_a_classifier(tiny_checkpoi
 
     _, report = build_classifier(ModelConfig(checkpoint=str(run_dir)), num_labels=2)
     assert all(k.startswith("classifier") for k in report.missing), report.missing
-    assert MaskFiller.load(run_dir).fill(["it was a [MASK] day"], top_k=2)[0]["predictions"]
+    assert Predictor.load(run_dir).predict(["it was a [MASK] day"])[0]["predictions"]
 
 
 @pytest.mark.slow  # XLA compiles for ~1 minute on 2 CPU cores

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tfllm import io
+from tfllm import io, rundir
 from tfllm.cli import MACHINE_MEMORY_HINT, main_guard, parse_command_line, setup_logging
 from tfllm.errors import TfllmError
 
@@ -87,7 +87,7 @@ def export_is_current(path: Path, run_dir: Path, cfg, mode: str) -> bool:
     meta_file = path.with_suffix(".json")
     if not path.is_file() or not meta_file.is_file():
         return False
-    if path.stat().st_mtime < (run_dir / "model" / "tf_model.h5").stat().st_mtime:
+    if path.stat().st_mtime < (run_dir / rundir.MODEL / "tf_model.h5").stat().st_mtime:
         return False
     try:
         meta = read_json(meta_file)
@@ -132,7 +132,7 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
     timed = [encode_one(tokenizer, t, pairs[i] if pairs else None, cfg.data.max_length)
              for i, t in enumerate(texts[:latency_examples])]
     keras_times = time_calls(keras_batch1(hf_model), timed)
-    size, packed = file_sizes(run_dir / "model" / "tf_model.h5")
+    size, packed = file_sizes(run_dir / rundir.MODEL / "tf_model.h5")
     rows = [{"run": name, "variant": "keras_fp32", "file": "model/tf_model.h5", "size_bytes": size,
              "gzip_bytes": packed, "sparsity": sparsity, **row_metrics(reference, y, reference),
              "latency_p50_ms": percentile(keras_times, 50), "latency_p95_ms": percentile(keras_times, 95)}]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tfllm import rundir
 from tfllm.cli import main_guard, parse_command_line, setup_logging
 from tfllm.errors import TfllmError
 from tfllm.inference import Predictor
@@ -22,8 +23,8 @@ def default_out_dir(model_path: str, data_file: str) -> Path:
     """``RUN/eval/<data stem>``, or ``<export dir>/eval/<model stem>/<data stem>`` for a .tflite."""
     path = Path(model_path)
     if path.suffix == ".tflite":
-        return path.parent / "eval" / path.stem / Path(data_file).stem
-    return path / "eval" / Path(data_file).stem
+        return path.parent / rundir.EVAL / path.stem / Path(data_file).stem
+    return path / rundir.EVAL / Path(data_file).stem
 
 
 @main_guard(memory_hint="lower --batch-size")

@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras
 import tensorflow_model_optimization as tfmot
 
+from tfllm import rundir
 from tfllm.config import PruningConfig
 from tfllm.errors import TfllmError
 from tfllm.models.classifier import BertClassifier
@@ -170,7 +171,7 @@ class PruningHook:
 
     def __call__(self, trainer, step: int) -> None:
         if self.writer is None:
-            self.writer = tf.summary.create_file_writer(str(Path(trainer.run_dir) / "tensorboard" / "pruning"))
+            self.writer = tf.summary.create_file_writer(str(Path(trainer.run_dir) / rundir.TENSORBOARD / "pruning"))
         self.model.pruned.pruning_step.assign(step)  # the wrapper adds 1 in its training call
         if step % self.log_every == 0:
             self.log(step)

@@ -180,9 +180,9 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0].replace("Error tokenizing data. C error: ", "")
 
 
-def _parse_jsonl(path: Path, text: str) -> pd.DataFrame:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+def jsonl_objects(path: Path, text: str):
+    """``(line number, object)`` for each non-blank line of a JSONL text; errors name the line."""
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -191,8 +191,11 @@ def _parse_jsonl(path: Path, text: str) -> pd.DataFrame:
             raise TfllmError(f"{path} line {number}: malformed JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise TfllmError(f"{path} line {number}: expected a JSON object per line")
-        rows.append(row)
-    return pd.DataFrame(rows)
+        yield number, row
+
+
+def _parse_jsonl(path: Path, text: str) -> pd.DataFrame:
+    return pd.DataFrame([row for _, row in jsonl_objects(path, text)])
 
 
 def _parse_json(path: Path, text: str) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 from tokenizers import PreTokenizedString
 
-from tfllm.data.readers import data_paths, read_text
+from tfllm.data.readers import data_paths, jsonl_objects, read_text
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
 
@@ -153,15 +153,7 @@ def column_positions(path: Path, number: int, width: int, token_column: int,
 def read_tagged_jsonl(path: Path, tokens_key: str = "tokens", tags_key: str = "tags") -> TaggedSentences:
     """JSONL: one ``{"tokens": [...], "tags": [...]}`` object a line."""
     tokens, tags, lines = [], [], []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TfllmError(f"{path} line {number}: malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise TfllmError(f"{path} line {number}: expected a JSON object per line")
+    for number, row in jsonl_objects(path, read_text(path)):
         words, word_tags = (string_list(path, number, row, key) for key in (tokens_key, tags_key))
         if not words:
             raise TfllmError(f"{path} line {number}: sentence with no tokens")

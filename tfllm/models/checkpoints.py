@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfllm import rundir
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError, first_line
 
@@ -62,8 +63,8 @@ def resolve_checkpoint(spec: str) -> str:
         check_bert_config(Path(path))
         return str(path)
     path = Path(spec).expanduser()
-    if (path / "model" / "config.json").is_file():  # a tfllm run directory
-        path = path / "model"
+    if (path / rundir.MODEL / "config.json").is_file():  # a tfllm run directory
+        path = path / rundir.MODEL
     elif path.is_dir() and not (path / "config.json").is_file():
         raise TfllmError(f"checkpoint directory {spec} has no config.json")
     if path.is_dir():

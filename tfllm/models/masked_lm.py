@@ -31,9 +31,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -269,58 +268,4 @@ def build_masked_lm(cfg: ModelConfig, tokenizer, nsp: bool = False, grad_accum_s
     return model, report
 
 
-# --- fill-mask --------------------------------------------------------------------------------
-class MaskFiller:
-    """Top-k predictions for each [MASK] of a text, from a masked-LM run (or checkpoint) directory.
-
-        >>> MaskFiller.load("runs/mlm_imdb_continue").fill(["the movie was [MASK] ."], top_k=3)
-    """
-
-    def __init__(self, model, tokenizer, max_length: int = 512):
-        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> "MaskFiller":
-        from tfllm.data.tokenization import load_tokenizer
-
-        run_dir = Path(run_dir)
-        model_dir = run_dir / "model" if (run_dir / "model" / "config.json").is_file() else run_dir
-        if not (model_dir / "config.json").is_file():
-            raise TfllmError(f"{run_dir} is not a finished tfllm run (no model/ inside)")
-        config = json.loads((model_dir / "config.json").read_text())
-        if not any("MaskedLM" in a or "PreTraining" in a for a in config.get("architectures") or []):
-            raise TfllmError(f"{run_dir} holds no masked-LM head (architectures: "
-                             f"{config.get('architectures')}); --fill-mask needs a masked_lm run")
-        max_length = 512
-        if (run_dir / "config.yaml").is_file():
-            from tfllm.config import load_config
-
-            max_length = load_config(run_dir / "config.yaml").data.max_length
-        model = masked_lm_class().from_pretrained(str(model_dir))
-        return cls(model, load_tokenizer(model_dir), max_length)
-
-    def fill(self, texts: Sequence[str], top_k: int = 5) -> list[dict]:
-        """One dict per [MASK]: the text, the mask's number (1-based) and the top-k tokens."""
-        if top_k < 1:
-            raise TfllmError(f"--top-k must be at least 1, got {top_k}")
-        rows = []
-        mask_id = self.tokenizer.mask_token_id
-        for number, text in enumerate(texts, start=1):
-            enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="np")
-            ids = enc["input_ids"]
-            positions = np.flatnonzero(ids[0] == mask_id)
-            if not len(positions):
-                raise TfllmError(f"text {number} has no {self.tokenizer.mask_token} token: {text!r}")
-            logits = self.model(input_ids=tf.constant(ids), attention_mask=tf.constant(enc["attention_mask"]),
-                                token_type_ids=tf.constant(enc["token_type_ids"]), training=False).logits
-            probabilities = tf.nn.softmax(tf.cast(logits[0], tf.float32), axis=-1).numpy()
-            for k, position in enumerate(positions, start=1):
-                p = probabilities[position]
-                best = np.argsort(-p)[:top_k]
-                rows.append({"text": text, "mask": k,
-                             "predictions": [{"token": self.tokenizer.convert_ids_to_tokens(int(i)),
-                                              "probability": round(float(p[i]), 6)} for i in best]})
-        return rows
-
-
-__all__ = ["MaskedLanguageModel", "MaskFiller", "PRESETS", "build_masked_lm", "scratch_config"]
+__all__ = ["MaskedLanguageModel", "PRESETS", "build_masked_lm", "scratch_config"]

@@ -27,7 +27,9 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 
+from tfllm import rundir
 from tfllm.config import Config
+from tfllm.data.readers import Examples, read_examples
 from tfllm.data.pipeline import BatchPlan, SplitData
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
@@ -114,7 +116,11 @@ class Task:
         """Inverse of :meth:`artifacts`, for an exported model without its run directory."""
 
     def check_model(self, hf_model, where: Path) -> None:
-        """Refuse a trained model whose head does not match the artifacts (e.g. label count)."""
+        """Refuse a trained model whose head does not match the artifacts (its label count)."""
+        names = getattr(self, "label_names", None)
+        if names is not None and len(names) != hf_model.config.num_labels:
+            raise TfllmError(f"{where / rundir.LABEL_MAP}: {len(names)} labels, but the model in "
+                             f"{where / rundir.MODEL} predicts {hf_model.config.num_labels}")
 
     def wrap_model(self, hf_model):
         """A Keras model around a trained Hugging Face head, whose ``call`` gives the outputs."""
@@ -138,6 +144,13 @@ class Task:
     def evaluate_file(self, predictor, data_file: str, out_dir: Path, **columns) -> dict:
         """Score ``predictor`` on a labelled file; writes reports under ``out_dir``."""
         raise NotImplementedError
+
+    def read_labelled(self, data_file: str, **columns) -> Examples:
+        """A labelled table file, read with the run's columns unless ``columns`` overrides them."""
+        d = self.cfg.data
+        get = lambda key: columns.get(key) or getattr(d, key)  # noqa: E731
+        return read_examples(data_file, get("text_column"), get("text_pair_column"), get("label_column"),
+                             get("format"), d.has_header, d.column_names)
 
     def outputs_of(self, model, tokenizer, encoded: Encoded, batch_size: Optional[int] = None):
         """Per-example outputs of a Keras ``model`` (see :func:`keras_outputs`)."""

@@ -23,7 +23,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from tfllm import io, rundir
 from tfllm.data.labels import LabelMap
-from tfllm.data.readers import Examples, read_examples
+from tfllm.data.readers import Examples
 from tfllm.data.splits import LabelledSplits, load_labelled_splits
 from tfllm.data.tokenization import encode_texts, load_tokenizer
 from tfllm.errors import TfllmError
@@ -118,11 +118,6 @@ class ClassificationTask(Task):
     def restore_artifacts(self, values: dict) -> None:
         self.label_names = list(values["labels"])
 
-    def check_model(self, hf_model, where: Path) -> None:
-        if len(self.label_names) != hf_model.config.num_labels:
-            raise TfllmError(f"{where / rundir.LABEL_MAP}: {len(self.label_names)} labels, but the "
-                             f"model in {where / rundir.MODEL} predicts {hf_model.config.num_labels}")
-
     def wrap_model(self, hf_model) -> BertClassifier:
         return BertClassifier(hf_model, hf_model.config.num_labels)
 
@@ -140,13 +135,6 @@ class ClassificationTask(Task):
         probabilities = tf.nn.softmax(logits, axis=-1)
         return {"probabilities": probabilities,
                 "label": tf.gather(tf.constant(self.label_names), tf.argmax(probabilities, axis=-1))}
-
-    def read_labelled(self, data_file: str, **columns) -> Examples:
-        """A labelled file, with the run's columns unless ``columns`` overrides them."""
-        d = self.cfg.data
-        get = lambda key: columns.get(key) or getattr(d, key)  # noqa: E731
-        return read_examples(data_file, get("text_column"), get("text_pair_column"), get("label_column"),
-                             columns.get("format") or d.format, d.has_header, d.column_names)
 
     def evaluate_file(self, predictor, data_file: str, out_dir: Path, **columns) -> dict:
         examples = self.read_labelled(data_file, **columns)

@@ -27,7 +27,7 @@ from transformers import TFBertForSequenceClassification
 from tfllm import io, rundir
 from tfllm.data.labels import LabelMap
 from tfllm.data.multilabel import ids_to_names, label_names_from_sets, multi_hot, names_from_file, parse_label_sets
-from tfllm.data.readers import Examples, read_examples, read_json
+from tfllm.data.readers import Examples, read_json
 from tfllm.data.splits import read_splits
 from tfllm.data.tokenization import encode_texts, load_tokenizer
 from tfllm.errors import TfllmError
@@ -191,11 +191,6 @@ class MultiLabelTask(Task):
             raise TfllmError(f"{source}: thresholds must be one number in [0, 1] per label")
         self.thresholds = np.asarray(thresholds, np.float64)
 
-    def check_model(self, hf_model, where: Path) -> None:
-        if len(self.label_names) != hf_model.config.num_labels:
-            raise TfllmError(f"{where / rundir.LABEL_MAP}: {len(self.label_names)} labels, but the "
-                             f"model in {where / rundir.MODEL} predicts {hf_model.config.num_labels}")
-
     def wrap_model(self, hf_model) -> BertMultiLabel:
         return BertMultiLabel(hf_model, hf_model.config.num_labels)
 
@@ -214,10 +209,7 @@ class MultiLabelTask(Task):
                 "predicted": tf.cast(probabilities >= tf.constant(self.thresholds, tf.float32), tf.int32)}
 
     def evaluate_file(self, predictor, data_file: str, out_dir: Path, **columns) -> dict:
-        d = self.cfg.data
-        get = lambda key: columns.get(key) or getattr(d, key)  # noqa: E731
-        examples = read_examples(data_file, get("text_column"), get("text_pair_column"), get("label_column"),
-                                 columns.get("format") or d.format, d.has_header, d.column_names)
+        examples = self.read_labelled(data_file, **columns)
         probabilities = sigmoid(predictor.logits(examples.texts, examples.pairs, columns.get("batch_size") or 64))
         return summary(write_multilabel_report(out_dir, examples, probabilities, self.targets(examples),
                                                self.label_names, self.thresholds, data_file))

@@ -23,7 +23,7 @@ import tf_keras
 from transformers import TFBertForSequenceClassification
 
 from tfllm import io, rundir
-from tfllm.data.readers import Examples, read_examples
+from tfllm.data.readers import Examples
 from tfllm.data.splits import read_splits
 from tfllm.data.tokenization import encode_texts, load_tokenizer
 from tfllm.errors import TfllmError
@@ -159,10 +159,7 @@ class RegressionTask(Task):
         return {"score": logits[:, 0]}
 
     def evaluate_file(self, predictor, data_file: str, out_dir: Path, **columns) -> dict:
-        d = self.cfg.data
-        get = lambda key: columns.get(key) or getattr(d, key)  # noqa: E731
-        examples = read_examples(data_file, get("text_column"), get("text_pair_column"), get("label_column"),
-                                 columns.get("format") or d.format, d.has_header, d.column_names)
+        examples = self.read_labelled(data_file, **columns)
         outputs = predictor.logits(examples.texts, examples.pairs, columns.get("batch_size") or 64)
         return write_regression_report(out_dir, examples, np.asarray(outputs).reshape(-1),
                                        float_targets(examples), data_file)

@@ -20,7 +20,6 @@ F1 by type (seqeval, strict IOB2).
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,11 +236,6 @@ class TokenClassificationTask(Task):
 
     def restore_artifacts(self, values: dict) -> None:
         self.tag_names, self.crf = list(values["labels"]), values.get("crf")
-
-    def check_model(self, hf_model, where: Path) -> None:
-        if len(self.tag_names) != hf_model.config.num_labels:
-            raise TfllmError(f"{where / rundir.LABEL_MAP}: {len(self.tag_names)} tags, but the model "
-                             f"in {where / rundir.MODEL} predicts {hf_model.config.num_labels}")
 
     def wrap_model(self, hf_model) -> BertTagger:
         return BertTagger(hf_model, hf_model.config.num_labels)

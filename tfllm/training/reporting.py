@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfllm import rundir
+
 log = logging.getLogger("tfllm")
 
 
@@ -24,8 +26,8 @@ class RunReporter:
     """Writes scalars, the confusion matrix image and the config text under ``run_dir/tensorboard``."""
 
     def __init__(self, run_dir: Path, total_steps: int, live: Optional[bool] = None):
-        self.train_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "train"))
-        self.dev_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "dev"))
+        self.train_writer = tf.summary.create_file_writer(str(run_dir / rundir.TENSORBOARD / "train"))
+        self.dev_writer = tf.summary.create_file_writer(str(run_dir / rundir.TENSORBOARD / "dev"))
         self.total_steps = total_steps
         self.started = time.time()
         self.last_time, self.last_step = self.started, None
@@ -97,7 +99,7 @@ def progress_bar(total: int, unit: str = "step"):
 
 def write_dev_scalars(run_dir: Path, step: int, metrics: dict) -> None:
     """Add one step's dev scalars to ``run_dir/tensorboard/dev`` (e.g. the final evaluation)."""
-    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "dev"))
+    writer = tf.summary.create_file_writer(str(run_dir / rundir.TENSORBOARD / "dev"))
     RunReporter._scalars(writer, step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     writer.close()
 

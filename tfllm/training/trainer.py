@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfllm import io
+from tfllm import io, rundir
 from tfllm.config import TrainConfig
 from tfllm.data.pipeline import BatchPlan, SplitData, distribute
 from tfllm.data.tokenization import Encoded
@@ -78,7 +78,7 @@ class Trainer:
         # of steps already done (e.g. pruning: TF-MOT's UpdatePruningStep semantics).
         self.step_callbacks = list(step_callbacks)
         self.multiple = multiple
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / rundir.CHECKPOINTS
         self.restore_dir = Path(restore_dir) if restore_dir else self.ckpt_dir  # read on --resume
 
     # --- set-up ---------------------------------------------------------------------------
