@@ -237,3 +237,19 @@ def test_tflite_builtins_decode_at_batch_one_and_compact_expand_at_any_batch():
         np.testing.assert_array_equal(got, tag_pieces(emissions, keep))
     to_tflite(lambda values, keep: expand(compact(values, keep)[0], keep),
               [tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, None], tf.bool)], crf)
+
+
+def test_numpy_viterbi_of_predictions_equals_the_layers_decode():
+    """Predictions decode the CRF in numpy (any backend gives emissions): the same paths as TF."""
+    from tfllm.tasks.token_classification import viterbi
+
+    rng = np.random.default_rng(3)
+    crf = CRF(5)
+    crf.build((None, None, 5))
+    for variable in (crf.transitions, crf.start, crf.end):
+        variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    emissions = rng.normal(size=(4, 9, 5)).astype(np.float32)
+    decoded = crf.decode(tf.constant(emissions), tf.ones((4, 9), tf.bool)).numpy()
+    weights = [v.numpy() for v in (crf.transitions, crf.start, crf.end)]
+    for row in range(4):
+        np.testing.assert_array_equal(viterbi(emissions[row], *weights), decoded[row])

@@ -100,6 +100,8 @@ CASES = {
     "multi_label": TaskCase("multi_label", emotion_files, [], ["thanks, i love it"], check_multi_label),
     "token_classification": TaskCase("token_classification", ner_files, ["data.stride=4"],
                                      ["Anna Berg visited Oslo with Acme Corp."], check_entities),
+    "token_classification_crf": TaskCase("token_classification", ner_files, ["data.stride=4", "model.crf=true"],
+                                         ["Anna Berg visited Oslo with Acme Corp."], check_entities),
     "masked_lm": TaskCase("masked_lm", corpus_files,
                           ["data.dev_file=null", "data.max_documents=60", "data.dev_fraction=0.2"],
                           ["she was [MASK] to see him ."], lambda row: len(row["predictions"]) == 5),
@@ -107,7 +109,7 @@ CASES = {
 
 
 def test_every_registered_task_has_a_case():
-    assert set(CASES) == set(TASKS)
+    assert {case.task for case in CASES.values()} == set(TASKS)
 
 
 def overrides(case: TaskCase, checkpoint: str, train: Path, dev, out: Path, *extra: str) -> list:
@@ -139,6 +141,9 @@ def run_task_test(case, run_dir, dev, setup):
     assert metrics["steps"] == 8 and metrics["dev"] and metrics["history"]
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["task"] == case.task
+    if "model.crf=true" in case.overrides:  # the CRF's transitions are saved with the model
+        crf = json.loads((run_dir / "model" / "crf.json").read_text())
+        assert np.asarray(crf["transitions"]).shape == (7, 7) and np.abs(crf["transitions"]).sum() > 0
 
     # resume: a run killed after its step-4 checkpoint ends with the uninterrupted run's weights
     train, checkpoint, root = setup
