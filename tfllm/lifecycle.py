@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import shutil
 import sys
@@ -121,12 +122,29 @@ def versions() -> dict:
             "tfllm": tfllm.__version__, "platform": platform.platform()}
 
 
+def cpu() -> dict:
+    """The CPU model and the ISA flags that decide bf16 / int8 speed (runs log where they ran)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return {"model": model, "cores": len(os.sched_getaffinity(0)), "flags": [f for f in wanted if f in flags]}
+
+
 def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision: str, replicas: int) -> None:
     if not (resume and (run_dir / rundir.CONFIG).exists()):
         save_config(with_absolute_paths(cfg), run_dir / rundir.CONFIG)  # usable from any directory
     io.write_json(run_dir / rundir.RUN_INFO, {"versions": versions(), "seed": cfg.train.seed,
                                               "precision": precision, "command": sys.argv,
-                                              "replicas": replicas, "task": cfg.train.task})
+                                              "replicas": replicas, "task": cfg.train.task, "cpu": cpu()})
 
 
 def save_model(run_dir: Path, model, tokenizer) -> None:

@@ -1,0 +1,91 @@
+"""The task targets: STS-B regression, GoEmotions multi-label and CoNLL-2003 NER on the packaged MiniLM.
+
+    python benchmarks/tasks.py --out /tmp/tfllm-tasks [--tasks stsb,goemotions,conll2003]
+
+Trains each task's config (``configs/<name>_minilm.yaml``, the packaged MiniLM-L6-H384) into
+``--out/<name>`` through ``tfllm.train.run_training``, reusing a finished run found there, and
+writes ``benchmarks/results/tasks.md``: the dev metrics of the final step (every config sets
+``train.restore_best: false``, so no checkpoint is picked on the dev set it is scored on), the
+target, and the training time. GoEmotions' headline macro-F1 uses per-label thresholds tuned on
+that same dev set (as the task does at the end of a run); its macro-F1 at a fixed 0.5 is beside it.
+Ends with one ``RESULT`` line.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common  # noqa: E402  (imports tfllm first)
+from tfllm.config import load_config  # noqa: E402
+from tfllm.train import run_training  # noqa: E402
+
+# name -> (headline metric, target, what the target is)
+TASKS = {
+    "stsb": ("pearson", 0.86, "dev Pearson >= 0.86"),
+    "goemotions": ("macro_f1", 0.46, "dev macro-F1 >= 0.46 (thresholds tuned on dev)"),
+    "conll2003": ("f1", 0.90, "dev entity F1 >= 0.90 (seqeval strict)"),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="/tmp/tfllm-tasks", help="run directories (finished ones are reused)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ", ".join(TASKS))
+    return parser.parse_args(argv)
+
+
+def finished_or_trained(name: str, out: Path) -> dict:
+    """``metrics.json`` of ``out/<name>``, training the config there first if it is not finished."""
+    run_dir = out / name
+    if not (run_dir / "metrics.json").is_file():
+        cfg = load_config(ROOT / "configs" / f"{name}_minilm.yaml", [f"output_dir={run_dir}"])
+        run_training(cfg, resume=(run_dir / "run_info.json").is_file())
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def row(name: str, metrics: dict) -> tuple[list, float]:
+    metric, target, what = TASKS[name]
+    dev = metrics["dev"]
+    value = dev[metric]
+    details = {"stsb": lambda: f"Spearman {dev['spearman']:.4f}, MSE {dev['mse']:.3f}",
+               "goemotions": lambda: (f"micro-F1 {dev['micro_f1']:.4f}; at 0.5: macro {dev['macro_f1_at_0.5']:.4f}, "
+                                      f"micro {dev['micro_f1_at_0.5']:.4f}"),
+               "conll2003": lambda: (f"P {dev['precision']:.4f} R {dev['recall']:.4f}; "
+                                     + ", ".join(f"{k} {v:.3f}" for k, v in sorted(dev["per_type_f1"].items())))}[name]()
+    return ([name, f"{metric} **{value:.4f}**", details, what, "met" if value >= target else "**not met**",
+             str(metrics["steps"]), f"{metrics['train_seconds'] / 60:.1f}"], value)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        sys.exit(f"error: unknown --tasks {unknown}; choose from {', '.join(TASKS)}")
+    print(common.machine_line(), flush=True)
+    begin = time.time()
+    rows, values = [], {}
+    for name in names:
+        table_row, values[name] = row(name, finished_or_trained(name, Path(args.out)))
+        rows.append(table_row)
+    table = common.markdown_table(["task", "dev metric", "also", "target", "", "steps", "train min"], rows)
+    met = sum(values[n] >= TASKS[n][1] for n in names)
+    result = common.result_line(**{f"{n}_{TASKS[n][0]}": round(values[n], 4) for n in names},
+                                targets_met=f"{met}/{len(names)}", minutes=round((time.time() - begin) / 60, 1))
+    print(table)
+    print(result)
+    common.write_report("tasks", "\n".join([table, "", result]), "Task targets (packaged MiniLM-L6-H384)",
+                        started=started)
+
+
+if __name__ == "__main__":
+    main()
