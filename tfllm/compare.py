@@ -21,7 +21,17 @@ import numpy as np
 
 from tfllm import io, rundir
 from tfllm.cli import MACHINE_MEMORY_HINT, main_guard, parse_command_line, setup_logging
+from tfllm.compression import read_compression
+from tfllm.compression.ptq import encode_one
+from tfllm.compression.pruning import summary
+from tfllm.data.labels import LabelMap
+from tfllm.data.readers import read_json
+from tfllm.data.splits import load_labelled_splits
 from tfllm.errors import TfllmError
+from tfllm.export.tflite import MODES, check_mode, export_tflite, file_digest, model_filename, serving_function
+from tfllm.inference import Predictor
+from tfllm.runs import load_run
+from tfllm.tasks.classification import accuracy_and_macro_f1
 
 log = logging.getLogger("tfllm")
 
@@ -50,7 +60,6 @@ def time_calls(call: Callable, inputs: Sequence, warmup: int = 3) -> list[float]
 
 def keras_batch1(hf_model) -> Callable:
     """The FP32 Keras model as a batch-1 function with the TFLite export's signature (fair timing)."""
-    from tfllm.export.tflite import serving_function
 
     serve = serving_function(hf_model)
     return lambda features: serve(**features)["logits"].numpy()[0]
@@ -58,8 +67,6 @@ def keras_batch1(hf_model) -> Callable:
 
 def eval_examples(task, data: Optional[str], max_examples: Optional[int], labels):
     """``(texts, pairs, label ids, source)`` of the dev set or ``data``."""
-    from tfllm.data.labels import LabelMap
-    from tfllm.data.splits import load_labelled_splits
 
     cfg = task.cfg
     examples = task.read_labelled(data) if data else load_labelled_splits(cfg.data, cfg.train.seed).dev
@@ -70,7 +77,6 @@ def eval_examples(task, data: Optional[str], max_examples: Optional[int], labels
 
 
 def row_metrics(logits: np.ndarray, labels: np.ndarray, reference: Optional[np.ndarray]) -> dict:
-    from tfllm.tasks.classification import accuracy_and_macro_f1
 
     predicted = logits.argmax(-1)
     out = {**accuracy_and_macro_f1(predicted, labels, logits.shape[-1]),
@@ -82,7 +88,6 @@ def row_metrics(logits: np.ndarray, labels: np.ndarray, reference: Optional[np.n
 
 def export_is_current(path: Path, run_dir: Path, cfg, mode: str) -> bool:
     """Whether ``path`` was exported from the run's current model with its current int8 settings."""
-    from tfllm.data.readers import read_json
 
     meta_file = path.with_suffix(".json")
     if not path.is_file() or not meta_file.is_file():
@@ -93,7 +98,6 @@ def export_is_current(path: Path, run_dir: Path, cfg, mode: str) -> bool:
         meta = read_json(meta_file)
     except TfllmError:  # unreadable metadata: export again (it replaces both files)
         return False
-    from tfllm.export.tflite import file_digest
 
     wanted = list(cfg.compression.int8.float_ops) if mode == "int8" else None
     return (isinstance(meta, dict) and meta.get("float_ops") == wanted
@@ -105,11 +109,6 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
                 export_dir: Optional[str] = None, calibration_data: Optional[str] = None,
                 num_threads: Optional[int] = None, name: Optional[str] = None, write: bool = True) -> dict:
     """Evaluate every variant of one run; returns ``{"rows": [...], ...}`` (and writes the report)."""
-    from tfllm.compression import read_compression
-    from tfllm.compression.pruning import summary
-    from tfllm.export.tflite import MODES, export_tflite, model_filename
-    from tfllm.inference import Predictor
-    from tfllm.runs import load_run
 
     run_dir = Path(run_dir)
     num_threads = num_threads or os.cpu_count()  # as TensorFlow uses every core for the Keras row
@@ -127,7 +126,6 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
     log.info("comparing %s on %d examples of %s", name, len(texts), source)
 
     reference = Predictor.from_run(run).logits(texts, pairs)
-    from tfllm.compression.ptq import encode_one
 
     timed = [encode_one(tokenizer, t, pairs[i] if pairs else None, cfg.data.max_length)
              for i, t in enumerate(texts[:latency_examples])]
@@ -195,7 +193,6 @@ def main(argv=None):
     setup_logging()
     modes = None
     if args.quantize:
-        from tfllm.export.tflite import check_mode
 
         modes = [check_mode(m.strip()) for m in args.quantize.split(",")]
     report = compare_run(args.run_dir, args.data, args.max_examples, args.latency_examples, modes,

@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from tfllm import io
+from tfllm.data.readers import BUILTIN, spec_parts
 from tfllm.errors import TfllmError
 
 
@@ -356,8 +357,6 @@ def _absolute_files(spec: Optional[str]) -> Optional[str]:
     """A data-file spec (path, glob or a,b list) with each part outside the package made absolute."""
     if not spec:
         return spec
-    from tfllm.data.readers import BUILTIN, spec_parts  # (pandas: only when a run is saved)
-
     return ",".join(p if p.startswith(BUILTIN) else os.path.abspath(p) for p in spec_parts(spec))
 
 

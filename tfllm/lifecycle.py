@@ -32,6 +32,7 @@ from tfllm.config import Config, save_config, with_absolute_paths
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError
 from tfllm.tasks import Task, task_for
+from tfllm.training.reporting import write_dev_scalars
 from tfllm.training.strategy import is_chief, make_strategy, seed_everything
 from tfllm.training.trainer import Trainer, lower_is_better
 
@@ -92,8 +93,6 @@ def monitored_metric(cfg: Config, task: Task) -> tuple[str, bool]:
 def write_summary(run_dir: Path, final: dict, state, seconds: float, extras: dict) -> None:
     """``metrics.json`` (written last: its presence marks the run finished) and the final dev
     scalars in TensorBoard when the Trainer did not evaluate the last step itself."""
-    from tfllm.training.reporting import write_dev_scalars
-
     scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
     if not state.history or state.history[-1]["step"] != state.step:
         write_dev_scalars(run_dir, state.step, scalars)

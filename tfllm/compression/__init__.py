@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 from tfllm import io
+from tfllm.compression import pruning, qat
+from tfllm.models.classifier import load_teacher
 from tfllm.errors import TfllmError
 
 log = logging.getLogger("tfllm")
@@ -60,16 +62,12 @@ class CompressionPhase:
                              "enable one per run (QAT after pruning would regrow the zeros; export "
                              "a pruned run with --quantize int8 instead)")
         if comp.pruning.enabled:
-            from tfllm.compression import pruning
-
             wrapped = pruning.wrap(model, comp.pruning, steps)
             return cls("pruning", wrapped, comp,
                        [pruning.PruningHook(wrapped, cfg.train.log_every)])
         if comp.qat.enabled:
             if cfg.train.mixed_precision != "none":
                 raise TfllmError("config key train.mixed_precision: QAT runs in float32; set it to none")
-            from tfllm.compression import qat
-
             return cls("qat", qat.wrap(model, comp.qat.layers, comp.qat.dropout), comp)
         return cls(None, model, comp)
 
@@ -86,8 +84,6 @@ class CompressionPhase:
         if self.kind is None:
             return self.model
         if self.kind == "pruning":
-            from tfllm.compression import pruning
-
             for hook in self.step_callbacks:
                 hook.close(step or 0)
             plain = pruning.strip(self.model)
@@ -97,8 +93,6 @@ class CompressionPhase:
                      100 * self.cfg.pruning.target_sparsity)
             info = {"pruning": {**dataclasses.asdict(self.cfg.pruning), **report}}
         else:
-            from tfllm.compression import qat
-
             plain, learned = qat.strip(self.model)
             info = {"qat": {**dataclasses.asdict(self.cfg.qat), "ranges": learned}}
         if self.cfg.distillation.enabled:
@@ -118,8 +112,6 @@ def attach_teacher(cfg, model) -> None:
     if not 0.0 < distill.weight <= 1.0:
         raise TfllmError(f"config key compression.distillation.weight: must be in (0, 1], "
                          f"got {distill.weight}")
-    from tfllm.models.classifier import load_teacher
-
     config = model.bert.config
     names = [config.id2label[i] for i in range(config.num_labels)]
     spec = distill.teacher or cfg.model.checkpoint

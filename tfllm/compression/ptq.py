@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from tfllm.data.readers import read_examples
 from tfllm.errors import TfllmError
 
 log = logging.getLogger("tfllm")
@@ -21,8 +22,6 @@ log = logging.getLogger("tfllm")
 
 def calibration_texts(cfg, n: int, data_file: Optional[str] = None, seed: int = 0):
     """``(texts, pairs)``: ``n`` seeded examples of ``data_file`` or the run's training data."""
-    from tfllm.data.readers import read_examples
-
     if n < 1:
         raise TfllmError(f"config key compression.int8.calibration_examples: must be at least 1, got {n}")
     data = cfg.data

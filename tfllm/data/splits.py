@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from tfllm.config import DataConfig
 from tfllm.data.labels import LabelMap
@@ -104,8 +105,6 @@ def _sample(n: int, k: int, seed: int) -> np.ndarray:
 
 def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
     """Hold out ``fraction`` of the examples as dev, keeping class proportions where possible."""
-    from sklearn.model_selection import train_test_split
-
     if not 0 < fraction < 1:
         raise TfllmError(f"config key data.dev_fraction: {fraction} must be between 0 and 1")
     indices = np.arange(len(examples))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from transformers import BertTokenizerFast
 
 from tfllm.errors import TfllmError
 
@@ -28,8 +29,6 @@ class Encoded:
 
 def load_tokenizer(path: str | Path):
     """The fast (Rust) BERT tokenizer saved in a checkpoint or run directory."""
-    from transformers import BertTokenizerFast
-
     try:
         return BertTokenizerFast.from_pretrained(str(path))
     except (OSError, ValueError) as e:

@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import BertTokenizerFast
+
 from tfllm.errors import TfllmError
 
 log = logging.getLogger("tfllm")
@@ -34,8 +37,6 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, lowercase: bool = Tru
     The vocabulary always holds every character seen in the corpus, so a tiny ``vocab_size``
     can come out larger than asked for (logged).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertTokenizerFast
 
     check_vocab_size(vocab_size)
     if not texts:

@@ -22,6 +22,8 @@ FORMATS = ("tflite", "saved_model")
 
 def export(run_dir, fmt: str = "tflite", quantize: str = "none", out_dir=None, calibration_data=None) -> list[Path]:
     """Export ``run_dir``; returns the written model paths (several for ``quantize="all"``)."""
+    # Imported here, not at the top: this package's __init__ is also the CLI (``--help`` stays
+    # fast), and ``tfllm.export.tflite`` is imported by tfllm.inference through this package.
     from tfllm.compression import read_compression
     from tfllm.export.saved_model import export_saved_model
     from tfllm.export.tflite import MODES, check_mode, export_tflite

@@ -17,6 +17,7 @@ Any task whose head returns ``logits`` exports the same way: ``[1, labels]`` for
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+from tensorflow.lite.python import convert as tflite_convert
 
 from tfllm import io, rundir
 from tfllm.compression import qat, read_compression
@@ -65,8 +69,6 @@ def model_filename(mode: str) -> str:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        import difflib
-
         close = difflib.get_close_matches(mode, MODES, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise TfllmError(f"unknown --quantize {mode!r}{hint}; choose from {', '.join(MODES)}")
@@ -75,8 +77,6 @@ def check_mode(mode: str) -> str:
 
 def serving_function(hf_model):
     """``f(input_ids, attention_mask, token_type_ids) -> {"logits"}`` for batch 1, any length."""
-    import tensorflow as tf
-
     spec = [tf.TensorSpec([1, None], tf.int32, name=name) for name in INPUT_NAMES]
 
     @tf.function(input_signature=spec)
@@ -137,9 +137,6 @@ def _convert_selective(hf_model, representative, output_type, float_ops) -> byte
     ``denylisted_ops``), called directly so that it also honours the output type and skips the
     debugger's instrumented model. ``mlir_quantize`` is TF-internal: TF is pinned to a minor.
     """
-    import tensorflow as tf
-    from tensorflow.lite.python import convert as tflite_convert
-
     unknown = sorted(set(float_ops) - set(FLOAT_OP_GROUPS))
     if unknown:
         raise TfllmError(f"config key compression.int8.float_ops: unknown {unknown} "
@@ -163,8 +160,6 @@ def _convert_selective(hf_model, representative, output_type, float_ops) -> byte
 def small_table_lookups(flatbuffer: bytes, vocab_size: int) -> list[str]:
     """Output names of the embedding lookups other than the word embeddings (position and
     token-type tables: float GATHERs of a constant whose first dimension is not the vocabulary)."""
-    from ai_edge_litert.interpreter import Interpreter
-
     interpreter = Interpreter(model_content=flatbuffer)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     names = []
@@ -186,8 +181,6 @@ def _convert(hf_model, mode, representative, output_type, strict_int8) -> bytes:
 
 
 def _converter(hf_model, mode, representative, output_type, strict_int8):
-    import tensorflow as tf
-
     check_mode(mode)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_serving(hf_model)], hf_model)
     converter.experimental_lower_to_saved_model = False  # freeze directly: ~10x faster conversion
@@ -315,8 +308,6 @@ def metadata(path: Path, mode: str, run: Run) -> dict:
 
 
 def make_interpreter(path: str | Path, num_threads: Optional[int] = None):
-    from ai_edge_litert.interpreter import Interpreter
-
     try:
         return Interpreter(model_path=str(path), num_threads=num_threads)
     except (ValueError, RuntimeError) as e:

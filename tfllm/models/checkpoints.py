@@ -17,6 +17,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+from transformers import BertConfig
+from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
 from tfllm import rundir
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError, first_line
@@ -120,8 +125,6 @@ def load_trained(model_cls, model_dir):
 
 
 def load_bert_config(spec: str, **overrides):
-    from transformers import BertConfig
-
     source = resolve_checkpoint(spec)
     try:
         config = BertConfig.from_pretrained(source)
@@ -155,10 +158,6 @@ def load_pretrained(model_cls, spec: str, **config_overrides):
 
 def _load_torch_safetensors(model_cls, config, file: Path, spec: str):
     """PyTorch weights through numpy: transformers 4.57's ``from_pt`` path fails on safetensors."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-    from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
-
     try:
         state = load_file(str(file))
     except SafetensorError as e:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from transformers import TFBertForSequenceClassification
 
 from tfllm.config import ModelConfig
 from tfllm.errors import TfllmError
@@ -115,8 +116,6 @@ def build_classifier(cfg: ModelConfig, num_labels: int, label_names: Optional[Se
                      grad_accum_steps: int = 1, max_grad_norm: Optional[float] = None,
                      class_weights: Optional[np.ndarray] = None):
     """Load the checkpoint into a ``TFBertForSequenceClassification`` and wrap it; returns (model, report)."""
-    from transformers import TFBertForSequenceClassification
-
     names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
     bert, report = load_pretrained(
         TFBertForSequenceClassification, cfg.checkpoint, num_labels=num_labels,
@@ -129,20 +128,8 @@ def build_classifier(cfg: ModelConfig, num_labels: int, label_names: Optional[Se
     return model, report
 
 
-def load_classifier(model_dir: str, **kwargs) -> BertClassifier:
-    """A trained classifier from a run's ``model/`` directory (a ``save_pretrained`` folder)."""
-    from transformers import TFBertForSequenceClassification
-
-    from tfllm.models.checkpoints import resolve_checkpoint
-
-    bert = TFBertForSequenceClassification.from_pretrained(resolve_checkpoint(model_dir))
-    return BertClassifier(bert, bert.config.num_labels, **kwargs)
-
-
 def load_teacher(spec: str, label_names: Sequence[str], vocab_size: int) -> BertClassifier:
     """A fine-tuned classifier to distil from; it must have the run's labels and vocabulary."""
-    from transformers import TFBertForSequenceClassification
-
     key = "compression.distillation.teacher"
     bert, report = load_pretrained(TFBertForSequenceClassification, spec)
     if any(name.startswith("classifier") for name in report.missing):
@@ -165,5 +152,4 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-__all__ = ["BertClassifier", "ConfusionMatrix", "LoadReport", "build_classifier", "load_classifier",
-           "load_teacher"]
+__all__ = ["BertClassifier", "ConfusionMatrix", "LoadReport", "build_classifier", "load_teacher"]

@@ -35,6 +35,8 @@ from typing import Optional
 
 import tensorflow as tf
 import tf_keras
+from transformers import BertConfig, TFBertForMaskedLM, TFBertForPreTraining
+from transformers.models.bert.modeling_tf_bert import TFBertMainLayer, TFBertMLMHead, TFBertPreTrainedModel
 
 from tfllm.config import ModelConfig
 from tfllm.data.masking import IGNORE
@@ -187,10 +189,6 @@ def masked_lm_class():
     """``TFBertForMaskedLM`` keeping the encoder's pooler (Hugging Face's drops it), so that the
     pooler of the starting checkpoint survives into the saved model and a later classifier."""
     if "mlm" not in _CLASSES:
-        from transformers import TFBertForMaskedLM
-        from transformers.models.bert.modeling_tf_bert import (TFBertMainLayer, TFBertMLMHead,
-                                                               TFBertPreTrainedModel)
-
         class TFBertForMaskedLMWithPooler(TFBertForMaskedLM):
             _keys_to_ignore_on_load_unexpected = [r"cls.seq_relationship", r"cls.predictions.decoder.weight",
                                                   r"nsp___cls", r"position_ids"]
@@ -206,8 +204,6 @@ def masked_lm_class():
 
 def scratch_config(cfg: ModelConfig, vocab_size: int, pad_token_id: int = 0):
     """A ``BertConfig`` from ``model.preset`` and the explicit sizes (which win)."""
-    from transformers import BertConfig
-
     layers, hidden, heads = PRESETS[cfg.preset] if cfg.preset else (None, None, None)
     layers = cfg.num_layers or layers
     hidden = cfg.hidden_size or hidden
@@ -239,8 +235,6 @@ def describe_size(config) -> str:
 def build_masked_lm(cfg: ModelConfig, tokenizer, nsp: bool = False, grad_accum_steps: int = 1,
                     max_grad_norm: Optional[float] = None) -> tuple[MaskedLanguageModel, LoadReport]:
     """The checkpoint (or a random BERT sized by the config) with MLM (+ NSP) heads, wrapped."""
-    from transformers import TFBertForPreTraining
-
     model_cls = TFBertForPreTraining if nsp else masked_lm_class()
     if cfg.checkpoint == SCRATCH:
         config = scratch_config(cfg, len(tokenizer), tokenizer.pad_token_id or 0)

@@ -30,8 +30,8 @@ import numpy as np
 from tfllm import rundir
 from tfllm.config import Config
 from tfllm.data.readers import Examples, read_examples
-from tfllm.data.pipeline import BatchPlan, SplitData
-from tfllm.data.tokenization import Encoded
+from tfllm.data.pipeline import BatchPlan, SplitData, make_dataset
+from tfllm.data.tokenization import Encoded, encode_texts
 from tfllm.errors import TfllmError
 from tfllm.training.reporting import on_terminal, progress_bar
 
@@ -128,8 +128,6 @@ class Task:
 
     def encode(self, tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> Encoded:
         """Model inputs for raw texts (one example per text, or several windows per text)."""
-        from tfllm.data.tokenization import encode_texts
-
         return encode_texts(tokenizer, texts, pairs, self.cfg.data.max_length)
 
     def rows(self, texts: Sequence[str], pairs: Optional[Sequence[str]], outputs, encoded: Encoded,
@@ -163,8 +161,6 @@ def keras_outputs(model, encoded: Encoded, batch_size: int = 64, multiple: int =
 
     Sequence-level outputs come back stacked ``[n, ...]``; per-token outputs (rank 3) as a list
     with one ``[length, ...]`` array per example (padding cut off)."""
-    from tfllm.data.pipeline import make_dataset
-
     plan = BatchPlan(encoded.lengths, batch_size, shuffle=False, bucketing=True)
     order = np.concatenate(plan.epoch(0)) if len(encoded) else np.zeros(0, np.int64)
     outputs: list = [None] * len(encoded)

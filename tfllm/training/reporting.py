@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from matplotlib.figure import Figure  # not pyplot: never changes the caller's backend
 
 from tfllm import rundir
 
@@ -111,8 +112,6 @@ def _fmt(value) -> str:
 
 def confusion_figure(matrix: np.ndarray, label_names: Optional[Sequence[str]] = None):
     """A matplotlib figure of a confusion matrix (counts, rows = true labels)."""
-    from matplotlib.figure import Figure  # not pyplot: never changes the caller's backend
-
     n = matrix.shape[0]
     names = list(label_names) if label_names else [str(i) for i in range(n)]
     size = min(4 + 0.35 * n, 24)
