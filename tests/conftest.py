@@ -39,6 +39,18 @@ def sentiment_rows(repeat: int = 4):
     return rows
 
 
+@pytest.fixture(autouse=True)
+def restore_root_logging():
+    """A CLI run in-process points the root logger at the test's captured (then closed) stream;
+    put the handlers back so later tests do not log into a closed file."""
+    import logging
+
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A save_pretrained directory of a 2-layer, 32-wide random BERT with the real vocabulary."""
