@@ -182,10 +182,15 @@ def run_task_test(case, run_dir, dev, setup):
                                np.concatenate([np.ravel(x) for x in keras]), atol=1e-4)
     assert lite.predict(texts, pairs) == rows
 
-    # SavedModel on raw strings: the task's serving outputs, from the same logits
+    # SavedModel: the token-id signature behind the same Predictor gives Keras' rows; the
+    # raw-string signature gives the task's serving outputs
     import tensorflow as tf
 
     [saved] = export(run_dir, "saved_model")
+    served = Predictor.load(saved)
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in served.logits(texts, pairs)]),
+                               np.concatenate([np.ravel(x) for x in keras]), atol=1e-4)
+    assert served.predict(texts, pairs) == rows
     serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
     inputs = {"text": tf.constant(texts)} | ({"text_pair": tf.constant(pairs)} if pairs else {})
     outputs = serve(**inputs)

@@ -2,8 +2,9 @@
 
 A :class:`Predictor` is a task (which knows how texts become inputs and outputs become rows), a
 tokenizer and a backend that maps encoded examples to the model's outputs: the Keras model of a
-run directory, or an exported ``.tflite`` file run by LiteRT (with its metadata and tokenizer
-beside it, no run directory needed).
+run directory, an exported ``.tflite`` file run by LiteRT (with its metadata and tokenizer
+beside it), or an exported SavedModel's token-id signature; no run directory is needed for the
+last two.
 
     >>> predictor = Predictor.load("runs/sst2")                                 # Keras
     >>> predictor = Predictor.load("runs/sst2/export/model_int8.tflite")        # LiteRT
@@ -15,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from tfllm.data.tokenization import Encoded
+from tfllm.errors import TfllmError
+from tfllm.export.saved_model import SavedModelBackend
 from tfllm.export.tflite import TFLiteBackend
 from tfllm.runs import Run, load_run
 from tfllm.tasks import Task
@@ -42,12 +44,18 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, num_threads: Optional[int] = None, task_name: Optional[str] = None):
-        """A run directory (Keras) or an exported ``.tflite`` model (LiteRT)."""
+        """A run directory (Keras), an exported ``.tflite`` model (LiteRT) or an exported
+        SavedModel directory (``export/saved_model/1``, its token-id signature)."""
         path = Path(path)
         if path.suffix == ".tflite":
             backend, task, tokenizer = TFLiteBackend.load(path, num_threads)
-            return cls(task, tokenizer, backend, path)
-        return cls.from_run(load_run(path, task_name))
+        elif (path / "saved_model.pb").is_file():
+            backend, task, tokenizer = SavedModelBackend.load(path)
+        else:
+            return cls.from_run(load_run(path, task_name))
+        if task_name is not None and task.name != task_name:
+            raise TfllmError(f"{path} is a {task.name} model, not {task_name}")
+        return cls(task, tokenizer, backend, path)
 
     @classmethod
     def from_run(cls, run: Run, model=None) -> "Predictor":
@@ -83,8 +91,3 @@ class Predictor:
     def evaluate(self, data_file: str, out_dir: Path, **columns) -> dict:
         """Score on a labelled file (the task's metrics); reports go to ``out_dir``."""
         return self.task.evaluate_file(self, data_file, Path(out_dir), **columns)
-
-
-def as_array(outputs) -> np.ndarray:
-    """Stacked outputs (sequence tasks) as one array."""
-    return outputs if isinstance(outputs, np.ndarray) else np.stack(outputs)

@@ -6,8 +6,13 @@ The signature tokenizes with tensorflow-text's ``BertTokenizer`` on the run's ow
 longest text and returns the task's outputs (classification: ``probabilities`` ``[batch, labels]``
 and the predicted ``label``; regression: ``score``; multi_label: ``probabilities`` and
 ``predicted`` (0/1 per label at the run's thresholds); token classification: per-piece ``tag_ids``).
-The directory (``export/saved_model/1``: TF Serving's ``<model>/<version>`` layout) is loadable by
-``tf.saved_model.load`` and TF Serving and listed by ``saved_model_cli show --all``.
+A second signature, ``serve_ids``, takes token ids (``input_ids``, ``attention_mask``,
+``token_type_ids``, int32 ``[batch, length]``) and returns ``logits``: plain TensorFlow ops only,
+so stock serving stacks without tensorflow-text run it (tokenize in the client), and
+``Predictor.load(".../saved_model/1")`` uses it with the tokenizer and task metadata kept in
+``assets.extra/``. The directory (``export/saved_model/1``: TF Serving's ``<model>/<version>``
+layout) is loadable by ``tf.saved_model.load`` and TF Serving and listed by
+``saved_model_cli show --all``.
 
     >>> export_saved_model(load_run("runs/sst2"))
     >>> serve = tf.saved_model.load("runs/sst2/export/saved_model/1").signatures["serving_default"]
@@ -23,8 +28,15 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tfllm import io, rundir
-from tfllm.errors import TfllmError
+from tfllm.data.readers import read_json
+from tfllm.data.tokenization import Encoded, load_tokenizer
+from tfllm.errors import TfllmError, first_line
+from tfllm.export.tflite import INPUT_NAMES, task_from_metadata, task_metadata
 from tfllm.runs import Run
+from tfllm.tasks.base import keras_outputs
+
+IDS_SIGNATURE = "serve_ids"  # input_ids / attention_mask / token_type_ids (int32) -> logits
+METADATA = "tfllm.json"      # in assets.extra/: the task, its artifacts and the run's config
 
 log = logging.getLogger("tfllm")
 
@@ -67,7 +79,12 @@ def build_module(hf_model, vocab_file: str, lower_case: bool, max_length: int, t
                                                   start_of_sequence_id=cls_id, end_of_segment_id=sep_id)
             return classify(ids, types)
 
-    module.serve = serve
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES])
+    def serve_ids(input_ids, attention_mask, token_type_ids):
+        features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return {"logits": tf.cast(hf_model(features, training=False).logits, tf.float32)}
+
+    module.serve, module.serve_ids = serve, serve_ids
     return module
 
 
@@ -83,7 +100,42 @@ def export_saved_model(run: Run, out_dir: Optional[str | Path] = None, version: 
                           {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id})
     target = (Path(out_dir) if out_dir else run.path / "export") / "saved_model" / str(version)
     with io.atomic_directory(target) as tmp:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve.get_concrete_function()})
-    log.info("wrote %s (serving_default: %s -> %s)", target, "text, text_pair" if pair else "text",
-             ", ".join(module.serve.get_concrete_function().structured_outputs))
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve.get_concrete_function(),
+                                                          IDS_SIGNATURE: module.serve_ids.get_concrete_function()})
+        extra = tmp / "assets.extra"  # TF Serving's place for files it does not read itself
+        tokenizer.save_pretrained(str(extra / "tokenizer"))
+        io.write_json(extra / METADATA, task_metadata(run))
+    log.info("wrote %s (serving_default: %s -> %s; %s: token ids -> logits)", target,
+             "text, text_pair" if pair else "text", ", ".join(module.serve.get_concrete_function().structured_outputs),
+             IDS_SIGNATURE)
     return target
+
+
+class SavedModelBackend:
+    """An exported SavedModel's token-id signature (plain TensorFlow ops, no tensorflow-text
+    needed), batched by length like the Keras backend; the task comes from its metadata."""
+
+    def __init__(self, signature, multiple: int = 8):
+        self.signature, self.multiple = signature, multiple
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """``(backend, task, tokenizer)`` of ``<out>/saved_model/<version>``."""
+        path = Path(path)
+        meta_file = path / "assets.extra" / METADATA
+        if not meta_file.is_file():
+            raise TfllmError(f"{path}: no {meta_file.relative_to(path)}; export it with python -m tfllm.export")
+        task = task_from_metadata(read_json(meta_file), meta_file)
+        try:
+            loaded = tf.saved_model.load(str(path))
+        except (OSError, ValueError) as e:
+            raise TfllmError(f"{path}: not a loadable SavedModel ({first_line(e)})") from None
+        if IDS_SIGNATURE not in loaded.signatures:
+            raise TfllmError(f"{path}: no {IDS_SIGNATURE!r} signature; export it again")
+        backend = cls(loaded.signatures[IDS_SIGNATURE], task.cfg.data.pad_to_multiple_of)
+        backend.loaded = loaded  # keeps the signature's variables alive
+        return backend, task, load_tokenizer(path / "assets.extra" / "tokenizer")
+
+    def outputs(self, encoded: Encoded, batch_size: int = 64):
+        call = lambda features, training=False: self.signature(**features)["logits"]  # noqa: E731
+        return keras_outputs(call, encoded, batch_size, self.multiple)

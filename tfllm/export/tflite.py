@@ -275,20 +275,36 @@ def check_digest(path: Path, meta: dict) -> None:
                          "(damaged, or an interrupted export): export it again")
 
 
+def task_metadata(run: Run) -> dict:
+    """What any exported model carries about its run: the task and its artifacts (labels,
+    thresholds, tags, CRF...), the max length and the run's resolved config."""
+    cfg = run.cfg
+    return {"task": run.task.name, **run.task.artifacts(), "max_length": int(cfg.data.max_length),
+            "pair_task": cfg.data.text_pair_column is not None, "config": cfg.to_dict(),
+            "source_run": str(run.path)}
+
+
+def task_from_metadata(meta: dict, source: Path):
+    """The task an exported model's metadata describes, its artifacts restored."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise TfllmError(f"{source}: no run config inside; export the run again")
+    task = task_for(from_dict(Config, meta["config"], where=""))
+    task.restore_artifacts(meta)
+    return task
+
+
 def metadata(path: Path, mode: str, run: Run) -> dict:
-    """What an app needs besides the model: the task and its artifacts (labels...), lengths,
-    input names and dtypes, the tokenizer, and the run's resolved config."""
-    cfg, tokenizer = run.cfg, run.tokenizer
+    """What an app needs besides the model: the task (see :func:`task_metadata`), input names
+    and dtypes, the output's quantization, the tokenizer."""
+    tokenizer = run.tokenizer
     interpreter = make_interpreter(path)
     inputs, logits = io_details(interpreter)
     scale, zero_point = logits.get("quantization", (0.0, 0))
     return {
         "format": "tflite", "file": path.name, "sha256": file_digest(path), "quantize": mode,
-        "task": run.task.name, **run.task.artifacts(),
-        "float_ops": list(cfg.compression.int8.float_ops) if mode == "int8" else None,
+        "float_ops": list(run.cfg.compression.int8.float_ops) if mode == "int8" else None,
         "input_tensors": {name: inputs[name]["name"] for name in INPUT_NAMES},
         "output_tensor": logits["name"],
-        "max_length": int(cfg.data.max_length),
         "inputs": list(INPUT_NAMES), "input_shape": [1, -1],
         "input_dtypes": {name: np.dtype(inputs[name]["dtype"]).name for name in INPUT_NAMES},
         "output": "logits", "output_dtype": np.dtype(logits["dtype"]).name,
@@ -297,13 +313,11 @@ def metadata(path: Path, mode: str, run: Run) -> dict:
         "tokenizer": {"vocab": "vocab.txt", "do_lower_case": bool(getattr(tokenizer, "do_lower_case", True)),
                       "cls_token": tokenizer.cls_token, "sep_token": tokenizer.sep_token,
                       "unk_token": tokenizer.unk_token, "pad_token": tokenizer.pad_token},
-        "pair_task": cfg.data.text_pair_column is not None,
         "usage": "tokenize one text (WordPiece, [CLS] text [SEP], truncate to max_length), resize "
                  "the three int32 inputs to [1, n], set them, invoke; the task's outputs follow "
                  "from logits (softmax for classification, sigmoid for multi_label, per token for "
                  "token_classification)",
-        "config": cfg.to_dict(),
-        "source_run": str(run.path),
+        **task_metadata(run),
     }
 
 
@@ -339,10 +353,7 @@ class TFLiteBackend:
                              "python -m tfllm.export)")
         meta = read_json(meta_file)
         check_digest(path, meta)
-        if not isinstance(meta.get("config"), dict):
-            raise TfllmError(f"{meta_file}: no run config inside; export the run again")
-        task = task_for(from_dict(Config, meta["config"], where=""))
-        task.restore_artifacts(meta)
+        task = task_from_metadata(meta, meta_file)
         return cls(path, meta, num_threads), task, load_tokenizer(path.parent)
 
     def run(self, features: dict) -> np.ndarray:
