@@ -5,8 +5,6 @@ predict, export to TFLite and SavedModel, load the exports back and agree with K
 Adding a task = one module in tfllm/tasks, one config, and one ``TaskCase`` below.
 """
 import json
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -131,10 +129,11 @@ def trained(request, tiny_checkpoint, tmp_path_factory):
     return case, run_dir, dev, (train, tiny_checkpoint, root)
 
 
-def run_task_test(case, run_dir, dev, setup):
+def run_task_test(case, run_dir, dev, setup, capsys):
     """Every task's life after training; see the module docstring."""
     from tfllm.export import export
     from tfllm.inference import Predictor
+    from tfllm.predict import main as predict_main
     from tfllm.train import run_training
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -161,10 +160,9 @@ def run_task_test(case, run_dir, dev, setup):
     for row in rows:
         case.check_row(row)
     args = ["--fill-mask", case.texts[0]] if case.task == "masked_lm" else [case.texts[0]]
-    done = subprocess.run([sys.executable, "-m", "tfllm.predict", str(run_dir), *args],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    cli_row = json.loads(done.stdout.splitlines()[0])
+    capsys.readouterr()
+    predict_main([str(run_dir), *args])  # the CLI in-process (its subprocess runs: test_end_to_end)
+    cli_row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert cli_row.keys() == rows[0].keys() and cli_row["text"] == rows[0]["text"]
     if case.task == "masked_lm":
         return
@@ -197,6 +195,7 @@ def run_task_test(case, run_dir, dev, setup):
     assert outputs and all(v.shape[0] == len(texts) for v in outputs.values())
 
 
-def test_task_lifecycle(trained):
+def test_task_lifecycle(trained, capsys, monkeypatch):
     case, run_dir, dev, setup = trained
-    run_task_test(case, run_dir, dev, setup)
+    monkeypatch.setattr("tfllm.predict.setup_logging", lambda *a, **k: None)
+    run_task_test(case, run_dir, dev, setup, capsys)
