@@ -253,3 +253,23 @@ def test_numpy_viterbi_of_predictions_equals_the_layers_decode():
     weights = [v.numpy() for v in (crf.transitions, crf.start, crf.end)]
     for row in range(4):
         np.testing.assert_array_equal(viterbi(emissions[row], *weights), decoded[row])
+
+
+def test_lr_multiplier_moves_the_scores_that_many_times_faster_under_adam():
+    """One Adam step moves each weight by about the learning rate: with the multiplier k the
+    effective scores move k times as far (what BERT-CRF taggers need at fine-tuning rates)."""
+    rng = np.random.default_rng(0)
+    emissions = tf.constant(rng.normal(size=(3, 6, 4)).astype(np.float32))
+    tags = tf.constant(rng.integers(0, 4, size=(3, 6)).astype(np.int32))
+    mask = tf.ones((3, 6), tf.bool)
+    moved = {}
+    for k in (1.0, 100.0):
+        crf = CRF(4, lr_multiplier=k)
+        optimizer = tf_keras.optimizers.Adam(1e-3)
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(crf.log_likelihood(emissions, tags, mask))
+        optimizer.apply_gradients(zip(tape.gradient(loss, crf.trainable_variables), crf.trainable_variables))
+        scores = crf.scores()
+        np.testing.assert_allclose(scores["transitions"], crf.transitions.numpy() * k, rtol=1e-6)
+        moved[k] = np.abs(scores["transitions"]).max()
+    assert moved[100.0] == pytest.approx(100 * moved[1.0], rel=1e-3)

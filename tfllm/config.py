@@ -83,6 +83,7 @@ class ModelConfig:
     vocab_size: Optional[int] = None             # train a WordPiece vocabulary of this size on the corpus
     tokenizer: Optional[str] = None              # else reuse this checkpoint's tokenizer (default packaged)
     crf: bool = False                            # token_classification: a CRF layer over the word tags
+    crf_lr_multiplier: float = 100.0             # the CRF's scores learn this many times faster
 
 
 @dataclass

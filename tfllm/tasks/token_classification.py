@@ -52,10 +52,10 @@ class BertTagger(TaskModel):
     """``call`` returns float32 scores ``[batch, pieces, tags]``; the loss is the mean cross-entropy
     over a window's labelled pieces, or with a CRF its negative log-likelihood per word."""
 
-    def __init__(self, bert, num_tags: int, crf: bool = False, **kwargs):
+    def __init__(self, bert, num_tags: int, crf: bool = False, crf_lr_multiplier: float = 100.0, **kwargs):
         super().__init__(**kwargs)
         self.bert = bert
-        self.crf = CRF(num_tags, name="crf") if crf else None
+        self.crf = CRF(num_tags, crf_lr_multiplier, name="crf") if crf else None
         self.accuracy = tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def call(self, inputs, training=False):
@@ -85,7 +85,7 @@ class BertTagger(TaskModel):
     def crf_weights(self) -> Optional[dict]:
         if self.crf is None:
             return None
-        return {name: getattr(self.crf, name).numpy().tolist() for name in ("transitions", "start", "end")}
+        return {name: value.tolist() for name, value in self.crf.scores().items()}
 
     def save_pretrained(self, directory: str) -> None:
         self.bert.save_pretrained(directory)
@@ -192,8 +192,8 @@ class TokenClassificationTask(Task):
             hidden_dropout_prob=cfg.model.hidden_dropout, attention_probs_dropout_prob=cfg.model.attention_dropout,
             classifier_dropout=cfg.model.classifier_dropout)
         apply_freezing(bert.bert, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
-        model = BertTagger(bert, len(names), cfg.model.crf, grad_accum_steps=cfg.train.grad_accum_steps,
-                           max_grad_norm=cfg.train.max_grad_norm)
+        model = BertTagger(bert, len(names), cfg.model.crf, cfg.model.crf_lr_multiplier,
+                           grad_accum_steps=cfg.train.grad_accum_steps, max_grad_norm=cfg.train.max_grad_norm)
         return model, report
 
     def save_artifacts(self, run_dir: Path, data: TaggingData) -> None:

@@ -1,0 +1,77 @@
+"""Serve finished runs over HTTP: ``python -m tfllm.serve RUN_DIR [--model NAME=PATH ...]``.
+
+    python -m tfllm.serve runs/sst2                                 # http://127.0.0.1:8501, model "sst2"
+    python -m tfllm.serve runs/sst2 --backend tflite                # runs/sst2/export/model.tflite (LiteRT)
+    python -m tfllm.serve runs/sst2 --tflite runs/sst2/export/model_int8.tflite
+    python -m tfllm.serve runs/sst2 --backend saved_model           # runs/sst2/export/saved_model/1
+    python -m tfllm.serve --model sst2=runs/sst2 --model ner=runs/conll --port 0   # a free port
+
+It prints ``serving NAME[, NAME] on http://HOST:PORT`` once listening; models load in the
+background and ``/readyz`` turns 200 when all are warmed up. SIGTERM (or Ctrl+C) stops accepting,
+answers what is queued and exits 0. A bad argument or a run that cannot be served is one
+``error:`` line and exit 2. See deploy/README.md for the API, metrics and alerts.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tfllm.cli import main_guard, parse_command_line, setup_logging
+from tfllm.serve.app import create_app
+from tfllm.serve.config import BACKENDS, Settings, model_specs
+from tfllm.serve.server import bind, build_server, url_of
+from tfllm.serve.service import Service
+
+log = logging.getLogger("tfllm.serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    parser = argparse.ArgumentParser(prog="python -m tfllm.serve", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", nargs="?", help="a finished run directory (served under its name), "
+                        "or an exported .tflite / export/saved_model/1")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                        help="one more model to serve as NAME (repeatable)")
+    parser.add_argument("--backend", choices=BACKENDS, help="how run directories are served (default keras)")
+    parser.add_argument("--tflite", metavar="FILE", help="the RUN_DIR's .tflite to serve (default "
+                        "export/model.tflite); implies --backend tflite")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8501, help="port (8501, TF Serving's REST port; 0: a free one)")
+    flag = lambda name, kind, default, text: parser.add_argument(  # noqa: E731
+        name, type=kind, default=default, help=f"{text} ({default:g})")
+    flag("--max-batch-size", int, d.max_batch_size, "texts per forward pass; 1 turns batching off")
+    flag("--max-latency-ms", float, d.max_latency_ms, "how long a batch waits for more requests")
+    flag("--max-queue", int, d.max_queue, "requests waiting per model before 503")
+    flag("--timeout-ms", float, d.timeout_ms, "a request not answered in time gets 504")
+    flag("--max-instances", int, d.max_instances, "texts per request")
+    flag("--max-chars", int, d.max_chars, "characters per text")
+    flag("--max-body-bytes", int, d.max_body_bytes, "request body size")
+    parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    return parser
+
+
+def settings_of(args) -> Settings:
+    return Settings(args.max_batch_size, args.max_latency_ms, args.max_queue, args.timeout_ms,
+                    args.max_instances, args.max_chars, args.max_body_bytes).check()
+
+
+@main_guard(memory_hint="lower --max-batch-size or --max-instances")
+def main(argv=None):
+    args = parse_command_line(build_parser(), argv)
+    settings = settings_of(args)
+    specs = model_specs(args.run_dir, args.model, args.backend, args.tflite)
+    setup_logging()
+    sock = bind(args.host, args.port)
+    service = Service(specs, settings)
+    server = build_server(create_app(service), settings, args.access_log)
+    service.on_fatal = lambda: setattr(server, "should_exit", True)
+    print(f"serving {', '.join(s.name for s in specs)} on {url_of(sock)}", flush=True)
+    server.run(sockets=[sock])
+    if service.failure is not None:
+        raise service.failure
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
