@@ -199,3 +199,16 @@ def test_task_lifecycle(trained, capsys, monkeypatch):
     case, run_dir, dev, setup = trained
     monkeypatch.setattr("tfllm.predict.setup_logging", lambda *a, **k: None)
     run_task_test(case, run_dir, dev, setup, capsys)
+
+
+def test_multi_label_head_starts_at_the_label_priors(tiny_checkpoint, tmp_path):
+    """A new multi-label head predicts each label's training base rate before any step."""
+    from tfllm.tasks import task_for
+
+    train, dev = emotion_files(tmp_path)
+    case = CASES["multi_label"]
+    task = task_for(load_config(None, overrides(case, tiny_checkpoint, train, dev, tmp_path / "run")))
+    data = task.load_data()
+    model, _ = task.build_model(data)
+    prior = data.train.encoded.labels.mean(axis=0)
+    np.testing.assert_allclose(model.bert.classifier.bias.numpy(), np.log(prior / (1 - prior)), rtol=1e-5)
