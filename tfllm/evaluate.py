@@ -1,7 +1,8 @@
 """Evaluate a trained run on labelled data: ``python -m tfllm.evaluate RUN_DIR --data FILE``.
 
-``RUN_DIR`` may also be an exported ``.tflite`` model (``RUN_DIR/export/model.tflite``): it then
-runs in the LiteRT interpreter, one text at a time, with the metadata and tokenizer beside it.
+``RUN_DIR`` may also be an exported ``.tflite`` model (``RUN_DIR/export/model.tflite``), run in
+the LiteRT interpreter one text at a time with the metadata and tokenizer beside it, or an
+exported SavedModel directory (``RUN_DIR/export/saved_model/1``, its token-id signature).
 
 Prints and writes the task's metrics and reports to ``RUN_DIR/eval/<data name>/`` (or ``--out``):
 for classification accuracy, macro-F1, scikit-learn's classification report,
@@ -20,17 +21,20 @@ from tfllm.inference import Predictor
 
 
 def default_out_dir(model_path: str, data_file: str) -> Path:
-    """``RUN/eval/<data stem>``, or ``<export dir>/eval/<model stem>/<data stem>`` for a .tflite."""
-    path = Path(model_path)
+    """``RUN/eval/<data stem>``; for an export, ``<export dir>/eval/<model>/<data stem>``
+    (``model_int8`` for a .tflite, ``saved_model_1`` for ``saved_model/1``)."""
+    path, data = Path(model_path), Path(data_file).stem
     if path.suffix == ".tflite":
-        return path.parent / rundir.EVAL / path.stem / Path(data_file).stem
-    return path / rundir.EVAL / Path(data_file).stem
+        return path.parent / rundir.EVAL / path.stem / data
+    if (path / "saved_model.pb").is_file():
+        return path.parent.parent / rundir.EVAL / f"{path.parent.name}_{path.name}" / data
+    return path / rundir.EVAL / data
 
 
 @main_guard(memory_hint="lower --batch-size")
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfllm.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", help="a finished run directory, or an exported .tflite model")
+    parser.add_argument("run_dir", help="a finished run directory, an exported .tflite model or SavedModel")
     parser.add_argument("--data", required=True, help="labelled data file (csv/tsv/jsonl/json/parquet/conll)")
     parser.add_argument("--text-column")
     parser.add_argument("--text-pair-column")
