@@ -113,11 +113,11 @@ def check_name(name: str) -> str:
 def resolve(name: str, path: str, backend: Optional[str], tflite: Optional[str] = None) -> ModelSpec:
     """A :class:`ModelSpec` for ``path``: an exported ``.tflite`` / SavedModel directory as it is,
     a run directory with ``backend`` (Keras by default)."""
-    check_name(name)
     source = Path(path).resolve()
     if not source.exists():
         raise TfllmError(f"model {name}: {path} not found (give a finished run directory, an "
                          "exported .tflite or an export/saved_model/1 directory)")
+    check_name(name)
     found = export_backend(source)
     if found is not None:
         if backend is not None and backend != found:

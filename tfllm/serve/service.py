@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 from tfllm import rundir
 from tfllm.errors import TfllmError
 from tfllm.inference import Predictor
-from tfllm.serve.batcher import Batcher
+from tfllm.serve.batcher import LABEL_TASKS, Batcher
 from tfllm.serve.config import ModelSpec, Settings
 from tfllm.serve.metrics import ServeMetrics
 
@@ -115,6 +115,9 @@ class Service:
             "task": predictor.task.name, "backend": spec.backend, "source": str(spec.path),
             "labels": ",".join(predictor.label_names), "max_length": str(predictor.task.cfg.data.max_length),
             "pair": str(predictor.pair_task).lower()})
+        if predictor.task.name in LABEL_TASKS:  # every label from 0, so a label never predicted shows
+            for label in predictor.label_names:
+                m.predictions.labels(spec.name, label)
         for label, share in reference_shares(spec.run_dir, predictor).items():
             m.reference_share.labels(spec.name, label).set(share)
 
