@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -138,12 +139,28 @@ def cpu() -> dict:
     return {"model": model, "cores": len(os.sched_getaffinity(0)), "flags": [f for f in wanted if f in flags]}
 
 
+def source_commit() -> str | None:
+    """The git commit of tfllm's own checkout (``+dirty`` with local changes), if it is one."""
+    root = Path(tfllm.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno", "--", "tfllm"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
+
+
 def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision: str, replicas: int) -> None:
     if not (resume and (run_dir / rundir.CONFIG).exists()):
         save_config(with_absolute_paths(cfg), run_dir / rundir.CONFIG)  # usable from any directory
     io.write_json(run_dir / rundir.RUN_INFO, {"versions": versions(), "seed": cfg.train.seed,
                                               "precision": precision, "command": sys.argv,
-                                              "replicas": replicas, "task": cfg.train.task, "cpu": cpu()})
+                                              "replicas": replicas, "task": cfg.train.task, "cpu": cpu(),
+                                              "code": source_commit()})
 
 
 def save_model(run_dir: Path, model, tokenizer) -> None:

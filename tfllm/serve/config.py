@@ -111,17 +111,15 @@ def check_name(name: str) -> str:
 
 
 def resolve(name: str, path: str, backend: Optional[str], tflite: Optional[str] = None) -> ModelSpec:
-    """A :class:`ModelSpec` for ``path``: an exported ``.tflite`` / SavedModel directory as it is,
-    a run directory with ``backend`` (Keras by default)."""
+    """A :class:`ModelSpec` for ``path``: an exported ``.tflite`` / SavedModel directory as it is
+    (``backend`` is for run directories), a run directory with ``backend`` (Keras by default)."""
     source = Path(path).resolve()
     if not source.exists():
         raise TfllmError(f"model {name}: {path} not found (give a finished run directory, an "
                          "exported .tflite or an export/saved_model/1 directory)")
     check_name(name)
     found = export_backend(source)
-    if found is not None:
-        if backend is not None and backend != found:
-            raise TfllmError(f"model {name}: {path} is a {found} export, not --backend {backend}")
+    if found is not None:  # served as what it is, whatever --backend says of run directories
         return ModelSpec(name, source, found, find_run_dir(source))
     if not rundir.is_run(source):
         raise TfllmError(f"model {name}: {path} is not a tfllm run directory (no run_info.json)")
