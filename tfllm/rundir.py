@@ -43,10 +43,14 @@ def is_run(path: Path) -> bool:
     return isinstance(info, dict) and "tfllm" in info.get("versions", {})
 
 
+def has_model(path: Path) -> bool:
+    """True once a run saved its final ``model/`` (what inference, export and compare need)."""
+    return (Path(path) / MODEL / "config.json").is_file()
+
+
 def is_finished(path: Path) -> bool:
     """True once a run saved its model and wrote ``metrics.json`` (the last file of a run)."""
-    path = Path(path)
-    return (path / METRICS).is_file() and (path / MODEL / "config.json").is_file()
+    return (Path(path) / METRICS).is_file() and has_model(path)
 
 
 def protected_reason(path: Path) -> str | None:

@@ -47,7 +47,7 @@ def load_run_config(run_dir: Path) -> Config:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TfllmError(f"run directory not found: {run_dir}")
-    if not (run_dir / rundir.MODEL / "config.json").is_file():
+    if not rundir.has_model(run_dir):
         raise TfllmError(f"{run_dir} is not a finished tfllm run (no model/ inside); train it first")
     if not (run_dir / rundir.CONFIG).is_file():
         raise TfllmError(f"{run_dir} has no config.yaml; is it a tfllm run directory?")
