@@ -61,9 +61,8 @@ class Answer:
 
 
 def http(url: str, body=None, method: Optional[str] = None, timeout: float = 30) -> Answer:
-    """One request; ``body`` JSON-encoded unless it is bytes (or an iterator of them: sent
-    chunked). 4xx/5xx are answers, not errors."""
-    data = body if body is None or isinstance(body, bytes) or hasattr(body, "__next__") else json.dumps(body).encode()
+    """One request; ``body`` JSON-encoded unless it is bytes. 4xx/5xx are answers, not errors."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with OPENER.open(request, timeout=timeout) as r:
@@ -110,10 +109,11 @@ class Slowed:
 
 
 class LiveServer:
-    """The real app under uvicorn in a background thread, on a free loopback port."""
+    """The real app under uvicorn in a background thread, on a free loopback port; a model that
+    fails to load stops it (as the command line's server)."""
 
     def __init__(self, specs, settings: Settings):
-        self.service = Service(specs, settings)
+        self.service = Service(specs, settings, on_fatal=lambda: setattr(self.server, "should_exit", True))
         sock = bind("127.0.0.1", 0)
         self.url = url_of(sock)
         self.server = build_server(create_app(self.service), settings)
@@ -177,18 +177,18 @@ def server(run_dir, predictor, pair_predictor):
 
 @pytest.fixture(scope="module")
 def slow_server(run_dir, predictor):
-    """Queue of one request, batching off, 1 s timeout; ``slow`` takes 0.3 s per forward pass,
-    ``stuck`` 1.5 s. Loading takes 1 s: what /readyz and the routes said meanwhile is kept."""
+    """Queue of one request, batching off, 2 s timeout; ``slow`` takes 0.3 s per forward pass,
+    ``stuck`` 2.5 s. Loading takes 1 s: what /readyz and the routes said meanwhile is kept."""
     slow, stuck = Slowed(predictor), Slowed(predictor)
     specs = [ModelSpec("slow", run_dir, "keras", run_dir, loaded(slow, delay=1.0)),
              ModelSpec("stuck", run_dir, "keras", run_dir, loaded(stuck))]
-    live = LiveServer(specs, Settings(max_batch_size=1, max_latency_ms=0, max_queue=1, timeout_ms=1000))
+    live = LiveServer(specs, Settings(max_batch_size=1, max_latency_ms=0, max_queue=1, timeout_ms=2000))
     time.sleep(0.3)
     while_loading = SimpleNamespace(readyz=http(live.url + "/readyz"), healthz=http(live.url + "/healthz"),
                                     status=http(live.url + "/v1/models/slow"),
                                     predict=http(live.url + "/v1/models/slow:predict", {"instances": ["a film"]}))
     wait_ready(live.url)
-    slow.seconds, stuck.seconds = 0.3, 1.5
+    slow.seconds, stuck.seconds = 0.3, 2.5
     yield SimpleNamespace(url=live.url, while_loading=while_loading)
     live.stop()
 
@@ -320,8 +320,18 @@ def test_request_past_the_timeout_gets_504(slow_server):
     start = time.monotonic()
     answer = http(slow_server.url + "/v1/models/stuck:predict", {"instances": ["a film"]})
     assert answer.status == 504 and "--timeout-ms" in answer.json()["error"]
-    assert time.monotonic() - start < 1.4
+    assert time.monotonic() - start < 2.4
     assert metric(slow_server.url, "tfllm_serve_rejected_requests_total", model="stuck", reason="timeout") == 1
+
+
+def test_a_model_that_fails_to_load_stops_the_server(run_dir):
+    def broken():
+        raise TfllmError(f"{run_dir}/label_map.json line 2: malformed JSON")
+    live = LiveServer([ModelSpec("broken", run_dir, "keras", run_dir, broken)], SETTINGS)
+    live.thread.join(30)
+    assert not live.thread.is_alive()
+    assert str(live.service.failure) == f"model broken: {run_dir}/label_map.json line 2: malformed JSON"
+    assert live.service.models["broken"].state == "FAILED"
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -334,7 +344,7 @@ class Bad:
     model: str = "tiny"
     path: str = ":predict"
     method: str = "POST"
-    chunked: bool = False  # sent in 1 kB chunks without a Content-Length
+    chunked: bool = False  # sent in 1 kB chunks without a Content-Length (send_chunked)
 
 
 BAD = {
@@ -373,14 +383,29 @@ BAD = {
 }
 
 
+def send_chunked(url: str, body: bytes) -> Answer:
+    """POST ``body`` in 1 kB chunks without a Content-Length, written in one go (urllib writes
+    chunk by chunk, and the server may have answered 413 and closed before the last)."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    path = "/" + url.removeprefix("http://").split("/", 1)[1]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000]) for i in range(0, len(body), 1000))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + chunks + b"0\r\n\r\n")
+        response = b""
+        while data := sock.recv(65536):
+            response += data
+    status_line, _, rest = response.partition(b"\r\n")
+    return Answer(int(status_line.split()[1]), {}, rest.partition(b"\r\n\r\n")[2])
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_refused_and_counted(server, case):
     bad = BAD[case]
     labels = {"model": "unknown" if bad.model == "nope" else bad.model, "reason": bad.reason}
     before = metric(server, "tfllm_serve_rejected_requests_total", **labels)
     url = f"{server}/v1/models/{bad.model}{bad.path}"
-    body = iter([bad.body[i:i + 1000] for i in range(0, len(bad.body), 1000)]) if bad.chunked else bad.body
-    answer = http(url, body, bad.method)
+    answer = send_chunked(url, bad.body) if bad.chunked else http(url, bad.body, bad.method)
     assert answer.status == bad.status, answer.body
     assert bad.words in answer.json()["error"], answer.json()
     assert metric(server, "tfllm_serve_rejected_requests_total", **labels) == before + 1
@@ -396,10 +421,20 @@ def test_unknown_route_is_json_404(server):
 
 
 # --- command line ------------------------------------------------------------------------------
-def test_model_specs_names_and_backends(run_dir):
-    specs = model_specs(str(run_dir), [f"second={run_dir}"])
-    assert [(s.name, s.backend, s.run_dir) for s in specs] == [("sentiment", "keras", run_dir),
-                                                               ("second", "keras", run_dir)]
+def test_model_specs_names_and_backends(run_dir, tmp_path):
+    """Run directories by --backend (Keras by default), exports as what they are (files made
+    here: resolving reads no model)."""
+    (tmp_path / "model_int8.tflite").write_bytes(b"")
+    (tmp_path / "saved_model" / "1").mkdir(parents=True)
+    (tmp_path / "saved_model" / "1" / "saved_model.pb").write_bytes(b"")
+    specs = model_specs(str(run_dir), [f"second={run_dir}", f"lite={tmp_path}/model_int8.tflite",
+                                       f"sm={tmp_path}/saved_model/1"])
+    assert [(s.name, s.backend, s.path) for s in specs] == [
+        ("sentiment", "keras", run_dir), ("second", "keras", run_dir),
+        ("lite", "tflite", tmp_path / "model_int8.tflite"), ("sm", "saved_model", tmp_path / "saved_model" / "1")]
+    (spec,) = model_specs(str(run_dir), [], tflite=str(tmp_path / "model_int8.tflite"))
+    assert (spec.name, spec.backend, spec.path, spec.run_dir) == ("sentiment", "tflite",
+                                                                  tmp_path / "model_int8.tflite", run_dir)
 
 
 def test_masked_lm_runs_are_refused(run_dir):

@@ -101,6 +101,8 @@ class Service:
         log.info("model %s: %s, loaded and warmed up in %.1f s", spec.name, predictor.task.name, seconds)
 
     def fail(self, model: ServedModel, error: BaseException) -> None:
+        if isinstance(error, TfllmError) and not str(error).startswith(f"model {model.name}:"):
+            error = TfllmError(f"model {model.name}: {error}")
         model.state, model.error, self.failure = FAILED, str(error), error
         if not isinstance(error, TfllmError):
             log.exception("model %s failed to load", model.name, exc_info=error)
