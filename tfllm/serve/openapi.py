@@ -17,6 +17,7 @@ REQUEST = {"type": "object", "additionalProperties": False, "properties": {
         {"type": "object", "required": ["text"], "properties": {
             "text": {"type": "array", "items": TEXT}, "text_pair": {"type": "array", "items": TEXT}}}]},
     "signature_name": {"enum": ["", "serving_default"]}}}
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 PREDICTION = {"description": "classification / multi_label: probabilities in label order; regression: "
                              "the score; token_classification: the entities"}
@@ -47,7 +48,6 @@ def model_get(summary: str, answer: dict) -> dict:
                     "responses": {"200": json_body(answer), **errors(404)}}}
 
 
-NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 STATUS = {"type": "object", "properties": {"model_version_status": {"type": "array", "items": {
     "type": "object", "properties": {"version": {"type": "string"}, "state": {"type": "string"},
                                      "status": {"type": "object"}}}}}}
