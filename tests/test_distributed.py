@@ -66,7 +66,13 @@ def compression_result(tiny_checkpoint, tmp_path_factory) -> dict:
 def test_mirrored_qat_matches_single_device(compression_result):
     """The EMA activation ranges are the global batch's (gathered across replicas), as on one device."""
     single, mirrored = compression_result["qat"]["single"], compression_result["qat"]["mirrored"]
-    assert_same_steps(mirrored, single, steps=4)
+    # The first step agrees to float error. Later ones may differ by a rounding flip: two replicas
+    # sum gradients in another order, the weights then differ by ~1e-7, and an activation at a
+    # fake-quant step boundary rounds the other way (seen: grad_norm 0.3% apart at step 4, in one
+    # run of several). 1% still catches what this test is for: a factor of 2 anywhere.
+    for tag in ("loss", "grad_norm"):
+        np.testing.assert_allclose(mirrored["steps"][tag][0], single["steps"][tag][0], rtol=1e-4)
+    assert_same_steps(mirrored, single, steps=4, rtol=1e-2)
     assert set(mirrored) == set(single) and len(single) > 3
     for key in set(single) - {"replicas", "steps", "updates"}:
         for name, value in single[key].items():
