@@ -72,7 +72,6 @@ class Task:
     monitor: ClassVar[str] = "loss"                            # dev metric for best / early stop
     higher_is_better: ClassVar[bool] = False
     supports_compression: ClassVar[bool] = False               # pruning / QAT / distillation
-    pair_inputs: ClassVar[bool] = True                         # texts may come as pairs
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

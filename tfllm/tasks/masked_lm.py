@@ -53,7 +53,6 @@ class MaskedLMTask(Task):
     head = "TFBertForMaskedLM"
     monitor = "loss"
     higher_is_better = False
-    pair_inputs = False
     top_k = 5  # tokens shown per [MASK] by predict
 
     def check_config(self) -> None:

@@ -133,7 +133,6 @@ class TokenClassificationTask(Task):
     head = "TFBertForTokenClassification"
     monitor = "accuracy"
     higher_is_better = True
-    pair_inputs = False
 
     tag_names: Optional[list[str]] = None
     crf: Optional[dict] = None
