@@ -141,8 +141,9 @@ def test_saved_model_takes_raw_strings(run, sample):
     from tfllm.models.classifier import softmax
 
     texts, keras = sample
-    [path] = export(run, "saved_model")
+    path, ids = export(run, "saved_model")
     assert path == run / "export" / "saved_model" / "1" and (path / "saved_model.pb").is_file()
+    assert ids == run / "export" / "saved_model_ids" / "1" and (ids / "saved_model.pb").is_file()
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     out = serve(text=tf.constant(texts))
     np.testing.assert_allclose(out["probabilities"].numpy(), softmax(keras), atol=1e-4)
@@ -155,6 +156,26 @@ def test_saved_model_takes_raw_strings(run, sample):
         assert shown.returncode == 0, shown.stderr[-2000:]
         assert "serving_default" in shown.stdout and "probabilities" in shown.stdout
         assert "DT_STRING" in shown.stdout
+
+
+def test_token_id_saved_model_runs_in_plain_tensorflow(run, sample, tmp_path):
+    """``saved_model_cli run`` on the token-id SavedModel, in a process that never imports
+    tensorflow_text (stock TF Serving images lack its newer ops), gives Keras' logits."""
+    from tfllm.data.tokenization import load_tokenizer
+    from tfllm.export import export
+
+    texts, keras = sample
+    _, ids = export(run, "saved_model")
+    encoded = load_tokenizer(run / "model")(texts[0], truncation=True, max_length=48)
+    exprs = ";".join(f"{name}=[{list(encoded[name])}]" for name in ("input_ids", "attention_mask", "token_type_ids"))
+    program = ("import sys; from tensorflow.python.tools import saved_model_cli; sys.argv = ['saved_model_cli'] + "
+               "sys.argv[1:]; saved_model_cli.main(); assert 'tensorflow_text' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", program, "run", "--dir", str(ids), "--tag_set", "serve",
+                           "--signature_def", "serving_default", "--input_exprs", exprs,
+                           "--outdir", str(tmp_path), "--overwrite"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logits = np.load(tmp_path / "logits.npy")
+    np.testing.assert_allclose(logits[0], keras[0], atol=1e-4)
 
 
 def test_evaluate_cli_runs_an_exported_model(run, tmp_path):

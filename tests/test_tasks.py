@@ -181,12 +181,12 @@ def run_task_test(case, run_dir, dev, setup, capsys):
                                np.concatenate([np.ravel(x) for x in keras]), atol=1e-4)
     assert lite.predict(texts, pairs) == rows
 
-    # SavedModel: the token-id signature behind the same Predictor gives Keras' rows; the
-    # raw-string signature gives the task's serving outputs
+    # SavedModel: the token-id model behind the same Predictor gives Keras' rows; the raw-string
+    # model's signature gives the task's serving outputs
     import tensorflow as tf
 
-    [saved] = export(run_dir, "saved_model")
-    served = Predictor.load(saved)
+    saved, ids = export(run_dir, "saved_model")
+    served = Predictor.load(ids)
     np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in served.logits(texts, pairs)]),
                                np.concatenate([np.ravel(x) for x in keras]), atol=1e-4)
     assert served.predict(texts, pairs) == rows

@@ -5,7 +5,8 @@ model[_MODE].tflite`` with ``model[_MODE].json`` (labels, max length, input name
 the tokenizer files (``vocab.txt`` ...), so an app can run it without Python. int8 calibrates on
 examples drawn from the run's training data (or ``--calibration-data FILE``); qat uses the ranges
 learned by a ``compression.qat`` run. ``--format saved_model`` writes ``RUN_DIR/export/
-saved_model/1`` whose ``serving_default`` takes raw strings (tokenisation in the graph).
+saved_model/1`` whose ``serving_default`` takes raw strings (tokenisation in the graph, needs
+tensorflow-text) and ``RUN_DIR/export/saved_model_ids/1`` (token ids, plain TensorFlow).
 ``--report`` then compares every variant (as ``python -m tfllm.compare``).
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def export(run_dir, fmt: str = "tflite", quantize: str = "none", out_dir=None, c
         raise TfllmError("--quantize applies to --format tflite only")
     run = load_run(run_dir)
     if fmt == "saved_model":
-        return [export_saved_model(run, out_dir)]
+        return export_saved_model(run, out_dir)
     if modes is None:
         modes = [m for m in MODES if m != "qat" or "qat" in read_compression(Path(run_dir))]
     return [export_tflite(run, mode, out_dir, calibration_data) for mode in modes]

@@ -6,11 +6,12 @@ The signature tokenizes with tensorflow-text's ``BertTokenizer`` on the run's ow
 longest text and returns the task's outputs (classification: ``probabilities`` ``[batch, labels]``
 and the predicted ``label``; regression: ``score``; multi_label: ``probabilities`` and
 ``predicted`` (0/1 per label at the run's thresholds); token classification: per-piece ``tag_ids``).
-A second signature, ``serve_ids``, takes token ids (``input_ids``, ``attention_mask``,
-``token_type_ids``, int32 ``[batch, length]``) and returns ``logits``: plain TensorFlow ops only,
-so stock serving stacks without tensorflow-text run it (tokenize in the client), and
-``Predictor.load(".../saved_model/1")`` uses it with the tokenizer and task metadata kept in
-``assets.extra/``. The directory (``export/saved_model/1``: TF Serving's ``<model>/<version>``
+Its ops include tensorflow-text's (``CaseFoldUTF8``...), which stock TensorFlow and TF Serving
+images without tensorflow-text cannot load, not even for another signature. So a second
+SavedModel, ``export/saved_model_ids/1``, takes token ids (``input_ids``, ``attention_mask``,
+``token_type_ids``, int32 ``[batch, length]``) and returns ``logits`` with plain TensorFlow ops
+only (tokenize in the client); ``Predictor.load`` uses it, with the tokenizer and task metadata
+kept in each model's ``assets.extra/``. The directory (``export/saved_model/1``: TF Serving's ``<model>/<version>``
 layout) is loadable by ``tf.saved_model.load`` and TF Serving and listed by
 ``saved_model_cli show --all``.
 
@@ -35,7 +36,7 @@ from tfllm.export.tflite import INPUT_NAMES, task_from_metadata, task_metadata
 from tfllm.runs import Run
 from tfllm.tasks.base import keras_outputs
 
-IDS_SIGNATURE = "serve_ids"  # input_ids / attention_mask / token_type_ids (int32) -> logits
+IDS_DIR = "saved_model_ids"  # the token-id SavedModel: input_ids / attention_mask / token_type_ids -> logits
 METADATA = "tfllm.json"      # in assets.extra/: the task, its artifacts and the run's config
 
 log = logging.getLogger("tfllm")
@@ -79,49 +80,68 @@ def build_module(hf_model, vocab_file: str, lower_case: bool, max_length: int, t
                                                   start_of_sequence_id=cls_id, end_of_segment_id=sep_id)
             return classify(ids, types)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES])
-    def serve_ids(input_ids, attention_mask, token_type_ids):
-        features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return {"logits": tf.cast(hf_model(features, training=False).logits, tf.float32)}
-
-    module.serve, module.serve_ids = serve, serve_ids
+    module.serve = serve
     return module
 
 
-def export_saved_model(run: Run, out_dir: Optional[str | Path] = None, version: int = 1) -> Path:
-    """Write ``<out>/saved_model/<version>``; returns that directory."""
+def build_ids_module(hf_model):
+    """A ``tf.Module`` whose ``serve`` takes token ids and returns ``logits``: plain TF ops only."""
+    module = tf.Module()
+    module.weights = list(hf_model.weights)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES])
+    def serve(input_ids, attention_mask, token_type_ids):
+        features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return {"logits": tf.cast(hf_model(features, training=False).logits, tf.float32)}
+
+    module.serve = serve
+    return module
+
+
+def export_saved_model(run: Run, out_dir: Optional[str | Path] = None, version: int = 1) -> list[Path]:
+    """Write ``<out>/saved_model/<version>`` (raw strings) and ``<out>/saved_model_ids/<version>``
+    (token ids, plain TensorFlow); returns both directories."""
     cfg, tokenizer, model = run.cfg, run.tokenizer, run.hf_model
     vocab = run.path / rundir.MODEL / "vocab.txt"
     if not vocab.is_file():
         raise TfllmError(f"{run.path}/model has no vocab.txt: the SavedModel needs the WordPiece vocabulary")
     pair = cfg.data.text_pair_column is not None
-    module = build_module(model, str(vocab), bool(getattr(tokenizer, "do_lower_case", True)),
-                          cfg.data.max_length, run.task, pair,
-                          {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id})
-    target = (Path(out_dir) if out_dir else run.path / "export") / "saved_model" / str(version)
+    strings = build_module(model, str(vocab), bool(getattr(tokenizer, "do_lower_case", True)),
+                           cfg.data.max_length, run.task, pair,
+                           {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id})
+    root = Path(out_dir) if out_dir else run.path / "export"
+    targets = [save_module(strings, root / "saved_model" / str(version), run),
+               save_module(build_ids_module(model), root / IDS_DIR / str(version), run)]
+    log.info("wrote %s (serving_default: %s -> %s) and %s (serving_default: token ids -> logits)",
+             targets[0], "text, text_pair" if pair else "text",
+             ", ".join(strings.serve.get_concrete_function().structured_outputs), targets[1])
+    return targets
+
+
+def save_module(module, target: Path, run: Run) -> Path:
+    """``module.serve`` as ``serving_default``; the tokenizer and the task metadata in
+    ``assets.extra/`` (TF Serving's place for files it does not read itself). Atomic."""
     with io.atomic_directory(target) as tmp:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve.get_concrete_function(),
-                                                          IDS_SIGNATURE: module.serve_ids.get_concrete_function()})
-        extra = tmp / "assets.extra"  # TF Serving's place for files it does not read itself
-        tokenizer.save_pretrained(str(extra / "tokenizer"))
-        io.write_json(extra / METADATA, task_metadata(run))
-    log.info("wrote %s (serving_default: %s -> %s; %s: token ids -> logits)", target,
-             "text, text_pair" if pair else "text", ", ".join(module.serve.get_concrete_function().structured_outputs),
-             IDS_SIGNATURE)
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve.get_concrete_function()})
+        run.tokenizer.save_pretrained(str(tmp / "assets.extra" / "tokenizer"))
+        io.write_json(tmp / "assets.extra" / METADATA, task_metadata(run))
     return target
 
 
 class SavedModelBackend:
-    """An exported SavedModel's token-id signature (plain TensorFlow ops, no tensorflow-text
-    needed), batched by length like the Keras backend; the task comes from its metadata."""
+    """The exported token-id SavedModel (``saved_model_ids/<version>``; plain TensorFlow ops),
+    batched by length like the Keras backend; the task comes from its metadata."""
 
     def __init__(self, signature, multiple: int = 8):
         self.signature, self.multiple = signature, multiple
 
     @classmethod
     def load(cls, path: str | Path):
-        """``(backend, task, tokenizer)`` of ``<out>/saved_model/<version>``."""
+        """``(backend, task, tokenizer)`` of ``<out>/saved_model_ids/<version>`` (given the raw-string
+        ``<out>/saved_model/<version>``, its token-id sibling is used)."""
         path = Path(path)
+        if path.parent.name == "saved_model" and (path.parent.parent / IDS_DIR / path.name).is_dir():
+            path = path.parent.parent / IDS_DIR / path.name
         meta_file = path / "assets.extra" / METADATA
         if not meta_file.is_file():
             raise TfllmError(f"{path}: no {meta_file.relative_to(path)}; export it with python -m tfllm.export")
@@ -130,9 +150,10 @@ class SavedModelBackend:
             loaded = tf.saved_model.load(str(path))
         except (OSError, ValueError) as e:
             raise TfllmError(f"{path}: not a loadable SavedModel ({first_line(e)})") from None
-        if IDS_SIGNATURE not in loaded.signatures:
-            raise TfllmError(f"{path}: no {IDS_SIGNATURE!r} signature; export it again")
-        backend = cls(loaded.signatures[IDS_SIGNATURE], task.cfg.data.pad_to_multiple_of)
+        signature = loaded.signatures.get("serving_default")
+        if signature is None or "input_ids" not in signature.structured_input_signature[1]:
+            raise TfllmError(f"{path}: not a token-id SavedModel (no input_ids); use {IDS_DIR}/<version>")
+        backend = cls(signature, task.cfg.data.pad_to_multiple_of)
         backend.loaded = loaded  # keeps the signature's variables alive
         return backend, task, load_tokenizer(path / "assets.extra" / "tokenizer")
 
