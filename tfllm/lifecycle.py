@@ -45,7 +45,7 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     started = time.time()
     ensure_logging()
     task = task_for(cfg)
-    check_values(cfg)
+    check_values(cfg, task)
     task.check_config()
     if already_finished(cfg, resume):
         return cfg.run_dir
@@ -170,7 +170,7 @@ def save_model(run_dir: Path, model, tokenizer) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
-def check_values(cfg: Config) -> None:
+def check_values(cfg: Config, task: Task) -> None:
     """Range checks the type system cannot express (every task)."""
     if not cfg.output_dir:
         rundir.check_run_name(cfg.name)
@@ -192,6 +192,6 @@ def check_values(cfg: Config) -> None:
         raise TfllmError("config key data.max_length: BERT position embeddings stop at 512")
     comp = cfg.compression
     enabled = [k for k in ("pruning", "qat", "distillation") if getattr(comp, k).enabled]
-    if enabled and not task_for(cfg).supports_compression:
+    if enabled and not task.supports_compression:
         raise TfllmError(f"config key compression.{enabled[0]}.enabled: train.task "
                          f"{cfg.train.task} does not support compression phases")

@@ -41,6 +41,7 @@ from tfllm.errors import TfllmError, first_line
 from tfllm.models.checkpoints import load_trained
 from tfllm.runs import Run, head_class, load_run
 from tfllm.tasks import task_for
+from tfllm.tasks.base import per_example
 
 log = logging.getLogger("tfllm")
 
@@ -380,10 +381,7 @@ class TFLiteBackend:
 
     def outputs(self, encoded: Encoded, batch_size: int = 1):
         """Per-example outputs, as :func:`tfllm.tasks.base.keras_outputs` returns them."""
-        rows = [self.run(example_features(encoded, i)) for i in range(len(encoded))]
-        if rows and rows[0].ndim == 1:
-            return np.stack(rows)
-        return rows
+        return per_example([self.run(example_features(encoded, i)) for i in range(len(encoded))])
 
 
 def example_features(encoded: Encoded, i: int) -> dict:

@@ -33,7 +33,7 @@ from tfllm.data.readers import Examples, read_examples
 from tfllm.data.pipeline import BatchPlan, SplitData, make_dataset
 from tfllm.data.tokenization import Encoded, encode_texts
 from tfllm.errors import TfllmError
-from tfllm.training.reporting import on_terminal, progress_bar
+from tfllm.training.reporting import batch_bar
 
 TASKS: dict[str, type["Task"]] = {}
 
@@ -164,7 +164,7 @@ def keras_outputs(model, encoded: Encoded, batch_size: int = 64, multiple: int =
     order = np.concatenate(plan.epoch(0)) if len(encoded) else np.zeros(0, np.int64)
     outputs: list = [None] * len(encoded)
     position = 0
-    bar = progress_bar(plan.steps_per_epoch, "batch") if on_terminal() and plan.steps_per_epoch > 1 else None
+    bar = batch_bar(plan.steps_per_epoch)
     for number, (features, _, _) in enumerate(make_dataset(encoded, plan, epochs=1, multiple=multiple), start=1):
         batch = np.asarray(model(features, training=False))
         for row in batch:
@@ -173,6 +173,12 @@ def keras_outputs(model, encoded: Encoded, batch_size: int = 64, multiple: int =
             position += 1
         if bar is not None:
             bar.update(number)
+    return per_example(outputs)
+
+
+def per_example(outputs: list):
+    """Per-example outputs as every backend returns them: stacked ``[n, ...]`` for sequence-level
+    outputs, the list of ``[length, ...]`` arrays for per-token ones."""
     if outputs and outputs[0].ndim == 1:
         return np.stack(outputs)
     return outputs

@@ -33,6 +33,7 @@ from transformers import TFBertForTokenClassification
 from tfllm import io, rundir
 from tfllm.data.pipeline import IGNORE
 from tfllm.data.readers import read_json
+from tfllm.data.splits import random_split, seeded_subset
 from tfllm.data.token_tags import (TaggedSentences, TaggedWindows, convert_sentences, encode_tagged, entities,
                                    entity_metrics, merge_predictions, read_tagged, tag_names, tags_to_ids,
                                    words_with_offsets)
@@ -162,18 +163,13 @@ class TokenClassificationTask(Task):
         cfg, d = self.cfg, self.cfg.data
         if not d.train_file:
             raise TfllmError("config key data.train_file: no training data given")
-        train = self.read_sentences(d.train_file)
-        rng = np.random.default_rng(cfg.train.seed)
+        seed = cfg.train.seed
+        train = seeded_subset(self.read_sentences(d.train_file), d.max_train_examples, seed)
         if d.dev_file:
             dev = self.read_sentences(d.dev_file)
         else:
-            order = rng.permutation(len(train))
-            held = max(1, int(round(d.dev_fraction * len(train))))
-            train, dev = train.subset(np.sort(order[held:])), train.subset(np.sort(order[:held]))
-        if d.max_train_examples and len(train) > d.max_train_examples:
-            train = train.subset(np.sort(rng.choice(len(train), d.max_train_examples, replace=False)))
-        if d.max_dev_examples and len(dev) > d.max_dev_examples:
-            dev = dev.subset(np.sort(rng.choice(len(dev), d.max_dev_examples, replace=False)))
+            train, dev = random_split(train, d.dev_fraction, seed)
+        dev = seeded_subset(dev, d.max_dev_examples, seed)
         self.tag_names = tag_names(train.tags)
         tokenizer = load_tokenizer(resolve_checkpoint(cfg.model.checkpoint))
         train_windows, dev_windows = self.windows(tokenizer, train), self.windows(tokenizer, dev)

@@ -98,6 +98,11 @@ def progress_bar(total: int, unit: str = "step"):
     return tf_keras.utils.Progbar(total, stateful_metrics=["loss"], unit_name=unit)
 
 
+def batch_bar(batches: int):
+    """A progress bar over an evaluation or prediction pass, on a terminal and for 2+ batches."""
+    return progress_bar(batches, "batch") if on_terminal() and batches > 1 else None
+
+
 def write_dev_scalars(run_dir: Path, step: int, metrics: dict) -> None:
     """Add one step's dev scalars to ``run_dir/tensorboard/dev`` (e.g. the final evaluation)."""
     writer = tf.summary.create_file_writer(str(run_dir / rundir.TENSORBOARD / "dev"))

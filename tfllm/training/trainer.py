@@ -39,7 +39,7 @@ from tfllm.errors import TfllmError, first_line
 from tfllm.faults import kill_point
 from tfllm.training.interrupts import StopSignals
 from tfllm.training.optimization import make_optimizer
-from tfllm.training.reporting import RunReporter, on_terminal, progress_bar
+from tfllm.training.reporting import RunReporter, batch_bar
 
 log = logging.getLogger("tfllm")
 LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "hamming")
@@ -205,7 +205,7 @@ class Trainer:
                                   multiple=self.multiple, map_fn=dev.map_fn))
         test_function = self.model.make_test_function()
         self.model.reset_metrics()
-        bar = progress_bar(steps, "batch") if on_terminal() and steps > 1 else None
+        bar = batch_bar(steps)
         for number in range(1, steps + 1):
             test_function(batches)
             if bar is not None:
