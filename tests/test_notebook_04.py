@@ -22,5 +22,6 @@ def test_tasks_notebook(tiny_checkpoint, tmp_path, venv_kernel):  # noqa: F811
         metrics = json.loads((runs / name / "metrics.json").read_text())
         assert metrics["steps"] == 6 and metric in metrics["dev"], name
     text = "\n".join(cell_text(c) for c in nb.cells if c.cell_type == "code")
-    assert "'entity':" in text and "'start':" in text  # entities with character offsets
+    # the NER row (a 6-step tiny model may find no entity; the notebook asserts the offsets of any)
+    assert "'entities': [" in text and "Peter Blackburn met EU officials" in text
     assert text.count("TFLite (dynamic-range int8):") == 3
