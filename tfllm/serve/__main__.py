@@ -5,11 +5,14 @@
     python -m tfllm.serve runs/sst2 --tflite runs/sst2/export/model_int8.tflite
     python -m tfllm.serve runs/sst2 --backend saved_model           # runs/sst2/export/saved_model/1
     python -m tfllm.serve --model sst2=runs/sst2 --model ner=runs/conll --port 0   # a free port
+    python -m tfllm.serve runs/sst2 --workers 2                     # 2 processes on one port
 
 It prints ``serving NAME[, NAME] on http://HOST:PORT`` once listening; models load in the
 background and ``/readyz`` turns 200 when all are warmed up. SIGTERM (or Ctrl+C) stops accepting,
 answers what is queued and exits 0. A bad argument or a run that cannot be served is one
-``error:`` line and exit 2. See deploy/README.md for the API, metrics and alerts.
+``error:`` line and exit 2. ``--workers N`` runs N processes, each with its own copy of the
+models, on the one port (:class:`~tfllm.serve.server.Workers`). See deploy/README.md for the API,
+metrics, alerts and deployment.
 """
 from __future__ import annotations
 
@@ -18,10 +21,8 @@ import logging
 import sys
 
 from tfllm.cli import main_guard, parse_command_line, setup_logging
-from tfllm.serve.app import create_app
-from tfllm.serve.config import BACKENDS, Settings, model_specs
-from tfllm.serve.server import bind, build_server, url_of
-from tfllm.serve.service import Service
+from tfllm.serve.config import BACKENDS, Settings, check_workers, model_specs
+from tfllm.serve.server import Workers, bind, serve, url_of
 
 log = logging.getLogger("tfllm.serve")
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "export/model.tflite); implies --backend tflite")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8501, help="port (8501, TF Serving's REST port; 0: a free one)")
+    parser.add_argument("--workers", type=int, default=1, help="processes serving the port, each loading its "
+                        "own copy of the models (1)")
     flag = lambda name, kind, default, text: parser.add_argument(  # noqa: E731
         name, type=kind, default=default, help=f"{text} ({default:g})")
     flag("--max-batch-size", int, d.max_batch_size, "texts per forward pass; 1 turns batching off")
@@ -60,16 +63,15 @@ def settings_of(args) -> Settings:
 def main(argv=None):
     args = parse_command_line(build_parser(), argv)
     settings = settings_of(args)
+    workers = check_workers(args.workers)
     specs = model_specs(args.run_dir, args.model, args.backend, args.tflite)
     setup_logging()
     sock = bind(args.host, args.port)
-    service = Service(specs, settings)
-    server = build_server(create_app(service), settings, args.access_log)
-    service.on_fatal = lambda: setattr(server, "should_exit", True)
     print(f"serving {', '.join(s.name for s in specs)} on {url_of(sock)}", flush=True)
-    server.run(sockets=[sock])
-    if service.failure is not None:
-        raise service.failure
+    if workers == 1:
+        serve(specs, settings, sock, args.access_log)
+    else:
+        Workers(specs, settings, sock, workers, args.access_log).run()
     sys.stdout.flush()
 
 

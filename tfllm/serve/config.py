@@ -47,6 +47,13 @@ class Settings:
         return self
 
 
+def check_workers(count: int) -> int:
+    """``--workers``: how many processes serve the port (1: this one)."""
+    if count < 1:
+        raise TfllmError(f"--workers must be at least 1, got {count}")
+    return count
+
+
 @dataclass
 class ModelSpec:
     """One model to serve: its URL name, what :meth:`Predictor.load` reads, the backend that
