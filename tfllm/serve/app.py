@@ -35,7 +35,8 @@ from starlette.routing import Route
 
 from tfllm.serve import batcher as batching
 from tfllm.serve.openapi import openapi
-from tfllm.serve.requests import Refused, body_too_large, check_content_length, parse_instances, parse_json
+from tfllm.serve.requests import (Refused, body_too_large, check_content_length, check_words, parse_instances,
+                                  parse_json)
 from tfllm.serve.service import AVAILABLE, FAILED, LOADING, ServedModel, Service
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,8 @@ async def predict(service: Service, model: ServedModel, request: Request, verb: 
     settings = service.settings
     body = await read_body(request, settings.max_body_bytes)
     instances = parse_instances(parse_json(body), model.predictor.pair_task, settings)
+    if model.predictor.task.name == "token_classification":
+        check_words(instances, model.predictor.tokenizer)
     rows = await queued(model, instances.texts, instances.pairs, settings.timeout_ms)
     if verb == "classify":
         return JSONResponse({"results": rows})

@@ -15,7 +15,9 @@ turns batching off (one request, one forward pass).
 
 A full queue raises :class:`QueueFull` (503), a request not answered within ``timeout_s``
 :class:`Timeout` (504; it is dropped from the queue if it has not started), a stopping batcher
-:class:`Stopped`. :meth:`stop` answers every queued request before it returns.
+:class:`Stopped`. :meth:`stop` answers every queued request before it returns. A forward pass
+that fails is retried request by request, so its error (500) reaches only the request that
+causes it, not the others batched with it.
 
 ``TFLLM_SERVE_DELAY_MS`` (tests only, like ``TFLLM_KILL_AT``) sleeps that long before each
 forward pass, so a test can catch a request in flight.
@@ -166,26 +168,40 @@ class Batcher:
         return batch
 
     async def execute(self, batch: list[Pending]) -> None:
-        """One forward pass for the whole batch; each request gets its rows (or the error)."""
+        """One forward pass for the whole batch; each request gets its rows. If the pass fails,
+        each request runs alone, so a failure (500) reaches only the requests that cause it."""
         loop = asyncio.get_running_loop()
         for request in batch:
             self.metrics.queue_wait.labels(self.name).observe(loop.time() - request.arrived)
+        if not await self.answer(batch, last_try=len(batch) == 1):
+            log.warning("model %s: a batch of %d requests failed; running them one by one", self.name, len(batch))
+            for request in batch:
+                if not request.abandoned:
+                    await self.answer([request], last_try=True)
+
+    async def answer(self, batch: list[Pending], last_try: bool) -> bool:
+        """Run ``batch`` and hand each request its rows. If the forward pass fails: on the last try
+        each request gets the error, else nothing happens and this returns False."""
         texts = [t for request in batch for t in request.texts]
         pairs = None if batch[0].pairs is None else [p for request in batch for p in request.pairs]
         try:
-            rows, seconds, truncated = await loop.run_in_executor(self.executor, self.predict, texts, pairs)
-        except Exception as error:  # noqa: BLE001 - every waiting request gets it (500)
+            rows, seconds, truncated = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.predict, texts, pairs)
+        except Exception as error:  # noqa: BLE001 - the waiting request gets it (500)
+            if not last_try:
+                return False
             log.exception("model %s: prediction failed", self.name)
             for request in batch:
                 if not request.future.done() and not request.abandoned:
                     request.future.set_exception(error)
-            return
+            return True
         self.record(len(texts), seconds, truncated, rows)
         start = 0
         for request in batch:
             if not request.future.done():
                 request.future.set_result(rows[start:start + len(request.texts)])
             start += len(request.texts)
+        return True
 
     def predict(self, texts: list, pairs: Optional[list]) -> tuple[list[dict], float, int]:
         """In the worker thread: the rows, the forward pass's seconds, and how many texts were

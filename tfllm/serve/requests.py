@@ -14,9 +14,11 @@ Row format (``instances``) and columnar format (``inputs``), texts as strings or
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from tfllm.data.token_tags import words_with_offsets
 from tfllm.serve.config import Settings
 
 FIELDS = ("instances", "inputs", "signature_name")
@@ -78,6 +80,9 @@ def parse_json(body: bytes) -> dict:
         raise Refused(f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})", "malformed_json") from None
     except RecursionError:
         raise Refused("malformed JSON: nested too deeply", "malformed_json") from None
+    except ValueError:  # an integer past Python's digit limit (not a JSONDecodeError)
+        raise Refused(f"malformed JSON: a number of more than {sys.get_int_max_str_digits()} digits",
+                      "malformed_json") from None
     if not isinstance(value, dict):
         raise Refused(f'body must be a JSON object like {{"instances": [...]}}, got {json_type(value)}',
                       "not_an_object")
@@ -195,3 +200,12 @@ def check_text(value: Any, where: str, max_chars: int) -> None:
     except UnicodeEncodeError as e:
         raise Refused(f"{where} is not valid Unicode (a lone surrogate at character {e.start})",
                       "not_unicode") from None
+
+
+def check_words(instances: Instances, tokenizer) -> None:
+    """NER tags words: refuse a text of only characters the tokenizer drops (control characters,
+    zero-width spaces), which has none (the Predictor would fail the whole batch on it)."""
+    where = "inputs" if instances.columnar else "instances"
+    for i, text in enumerate(instances.texts):
+        if not words_with_offsets(tokenizer, text):
+            raise Refused(f"{where}[{i}] has no words (only characters the tokenizer ignores)", "no_words")
