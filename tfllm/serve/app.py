@@ -1,6 +1,7 @@
 """The service's routes, as a Starlette app around a :class:`~tfllm.serve.service.Service`.
 
 =======================================  ====================================================
+``GET  /``                               a web page to try the models (tfllm/resources/serve)
 ``GET  /healthz``                        alive
 ``GET  /readyz``                         200 once every model is loaded and warmed up, else 503
 ``GET  /metrics``                        Prometheus text format
@@ -22,15 +23,17 @@ JSON ``{"error": "..."}`` with a 4xx/5xx code, counted in ``tfllm_serve_requests
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import time
 from dataclasses import dataclass
+from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tfllm.serve import batcher as batching
@@ -46,6 +49,11 @@ VERSION = "1"
 VERBS = ("predict", "classify")
 UNKNOWN = "unknown"  # the metrics' model label for names that are not served (bounded cardinality)
 TF_STATES = {LOADING: "LOADING", AVAILABLE: "AVAILABLE", FAILED: "END"}
+PAGE = "resources/serve/index.html"  # in the tfllm package
+PAGE_HEADERS = {  # the page is self-contained: inline CSS and JS, and fetches this server's API only
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff"}
 
 
 @dataclass
@@ -64,6 +72,7 @@ def create_app(service: Service) -> Starlette:
         await service.stop()
 
     app = Starlette(routes=[
+        Route("/", endpoint("page", page)),
         Route("/healthz", endpoint("healthz", healthz)),
         Route("/readyz", endpoint("readyz", readyz)),
         Route("/metrics", endpoint("metrics", metrics)),
@@ -110,6 +119,16 @@ async def unmatched(request: Request, exc: HTTPException) -> Response:
 
 
 # --- plain routes ------------------------------------------------------------------------------
+async def page(service: Service, request: Request, call: Call) -> Response:
+    """The web page to try the models: it lists them, sends texts to :classify and draws the rows."""
+    return HTMLResponse(page_html(), headers=PAGE_HEADERS)
+
+
+@functools.cache
+def page_html() -> str:
+    return resources.files("tfllm").joinpath(PAGE).read_text(encoding="utf-8")
+
+
 async def healthz(service: Service, request: Request, call: Call) -> Response:
     return JSONResponse({"status": "alive"})
 

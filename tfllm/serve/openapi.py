@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of the service's routes (``GET /openapi.json``).
 
     >>> sorted(openapi(["sst2"])["paths"])[:3]
-    ['/healthz', '/metrics', '/openapi.json']
+    ['/', '/healthz', '/metrics']
 """
 from __future__ import annotations
 
@@ -65,6 +65,8 @@ def openapi(models: Sequence[str]) -> dict:
                  "description": "TensorFlow Serving's REST API for tfllm runs. Models: " + ", ".join(models)
                                 + ". Every model route also answers under /v1/models/{name}/versions/1."},
         "paths": {
+            "/": {"get": {"summary": "A web page to try the models (HTML)",
+                          "responses": {"200": {"description": "OK", "content": {"text/html": {}}}}}},
             "/healthz": {"get": {"summary": "Liveness: the process answers", "responses": plain}},
             "/readyz": {"get": {"summary": "Readiness: every model loaded and warmed up",
                                 "responses": {**plain, "503": {"description": "loading or stopping"}}}},
