@@ -274,7 +274,8 @@ def kubectl(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """kubectl with an empty kubeconfig: nothing but this machine is ever asked."""
     (tmp_path / "kubeconfig").write_text("")
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig")}
-    return subprocess.run(["kubectl", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["kubectl", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")

@@ -95,7 +95,7 @@ def predict_until_both_answer(url: str, workers: set[int], rounds: int = 8) -> i
     answered, sent = set(), 0
     with ThreadPoolExecutor(8) as pool:
         for round_ in range(rounds):
-            answers = list(pool.map(lambda i: predict(url, f"a warm film {round_} {i}"), range(8)))
+            answers = list(pool.map(predict, [url] * 8, [f"a warm film {round_} {i}" for i in range(8)]))
             sent += len(answers)
             assert all(a.status == 200 for a in answers), [a.body for a in answers if a.status != 200]
             answered |= {int(a.headers["X-Tfllm-Worker"]) for a in answers}
