@@ -11,6 +11,7 @@ loaded) and, for the command line and SIGTERM, as a subprocess. Requests go thro
 * the command line's one-line errors; SIGTERM: the request in flight is answered, exit 0;
 * ``promtool check rules`` / ``test rules`` on deploy/prometheus (skipped without promtool).
 """
+import asyncio
 import copy
 import json
 import os
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.client import HTTPConnection
 from types import SimpleNamespace
 from typing import Optional
 
@@ -418,6 +420,49 @@ def test_unknown_route_is_json_404(server):
     assert answer.status == 404 and "/openapi.json" in answer.json()["error"]
     assert http(server + "/healthz", b"{}", "DELETE").status == 405
     assert metric(server, "tfllm_serve_requests_total", model="", route="unmatched", code="404") == before + 1
+
+
+def test_accepted_connections_have_tcp_nodelay():
+    """bind()'s socket says it is TCP, so asyncio sets TCP_NODELAY on every accepted connection
+    (with proto 0 it does not, and Nagle delays each keep-alive response by a delayed ACK)."""
+    async def accept_one() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Protocol(asyncio.Protocol):
+            def connection_made(self, transport):
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        sock = bind("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Protocol, sock=sock)
+        try:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            nodelay = await asyncio.wait_for(accepted, 10)
+            writer.close()
+            return nodelay
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accept_one()) != 0
+
+
+def test_keep_alive_requests_are_not_held_by_nagle(server):
+    """Requests on one keep-alive connection answer in milliseconds, not a delayed ACK (~40 ms) each."""
+    host, port = server.removeprefix("http://").split(":")
+    connection = HTTPConnection(host, int(port), timeout=30)
+    seconds = []
+    try:
+        for _ in range(15):
+            start = time.perf_counter()
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+            seconds.append(time.perf_counter() - start)
+    finally:
+        connection.close()
+    assert np.median(seconds) < 0.03, [round(1000 * s, 1) for s in seconds]
 
 
 # --- command line ------------------------------------------------------------------------------
