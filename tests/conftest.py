@@ -82,7 +82,7 @@ def tiny_overrides(checkpoint: str, train: Path, dev: Path, out: Path, *extra: s
     """Config overrides for a fast run of the tiny model on the small files."""
     return [f"model.checkpoint={checkpoint}", f"data.train_file={train}", f"data.dev_file={dev}",
             f"output_dir={out}", "train.epochs=2", "train.batch_size=8", "train.learning_rate=1e-3",
-            "train.log_every=2", "data.max_length=32", *extra]
+            "train.log_every=2", "data.max_length=32", "train.mixed_precision=none", *extra]
 
 
 def simulate_kill(run_dir: Path, copy_to: Path, step: int) -> Path:

@@ -101,8 +101,10 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: Optional[float] = 1.0
-    mixed_precision: Literal["none", "auto", "mixed_bfloat16", "mixed_float16"] = "none"
+    mixed_precision: Literal["none", "auto", "mixed_bfloat16", "mixed_float16"] = "auto"  # auto: bf16 on CPUs
+    #                                              with AMX/AVX512-BF16, float16 on GPUs, else float32
     jit_compile: bool = False
+    fused_optimizer: bool = True                 # clip + weight decay + Adam as one XLA function (one replica)
     seed: int = 42
     log_every: int = 10
     eval_every: Optional[int] = None             # steps; None = once per epoch

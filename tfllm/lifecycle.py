@@ -32,6 +32,7 @@ from tfllm.compression import CompressionPhase, total_steps
 from tfllm.config import Config, save_config, with_absolute_paths
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError
+from tfllm.hardware import cpu
 from tfllm.tasks import Task, task_for
 from tfllm.training.reporting import write_dev_scalars
 from tfllm.training.strategy import is_chief, make_strategy, seed_everything
@@ -54,7 +55,18 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     if chief:
         rundir.check_claim(cfg.run_dir, overwrite, resume)  # refuse now, not after minutes of work
     data = task.load_data(resume)
+    previous_policy = tf_keras.mixed_precision.global_policy()
+    try:
+        return train_and_save(cfg, task, data, strategy, chief, overwrite, resume, started)
+    finally:  # the run's precision must not leak into models built after it in this process
+        tf_keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def train_and_save(cfg: Config, task: Task, data, strategy, chief: bool, overwrite: bool, resume: bool,
+                   started: float) -> Path:
+    """The run itself, once the config and data are known to be good."""
     precision = seed_everything(cfg)
+    log.info("precision: %s (%s)", precision.policy, precision.reason)
     with strategy.scope():
         model, report = task.build_model(data)
         # Pruning / QAT (cfg.compression): TF-MOT wrappers around the same weights, or a no-op.
@@ -122,23 +134,6 @@ def versions() -> dict:
             "tfllm": tfllm.__version__, "platform": platform.platform()}
 
 
-def cpu() -> dict:
-    """The CPU model and the ISA flags that decide bf16 / int8 speed (runs log where they ran)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return {"model": model, "cores": len(os.sched_getaffinity(0)), "flags": [f for f in wanted if f in flags]}
-
-
 def source_commit() -> str | None:
     """The git commit of tfllm's own checkout (``+dirty`` with local changes), if it is one."""
     root = Path(tfllm.__file__).resolve().parent.parent
@@ -154,11 +149,12 @@ def source_commit() -> str | None:
     return head + ("+dirty" if dirty else "") if head else None
 
 
-def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision: str, replicas: int) -> None:
+def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision, replicas: int) -> None:
     if not (resume and (run_dir / rundir.CONFIG).exists()):
         save_config(with_absolute_paths(cfg), run_dir / rundir.CONFIG)  # usable from any directory
     io.write_json(run_dir / rundir.RUN_INFO, {"versions": versions(), "seed": cfg.train.seed,
-                                              "precision": precision, "command": sys.argv,
+                                              "precision": precision.policy,
+                                              "precision_reason": precision.reason, "command": sys.argv,
                                               "replicas": replicas, "task": cfg.train.task, "cpu": cpu(),
                                               "code": source_commit()})
 

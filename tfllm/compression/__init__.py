@@ -66,7 +66,7 @@ class CompressionPhase:
             return cls("pruning", wrapped, comp,
                        [pruning.PruningHook(wrapped, cfg.train.log_every)])
         if comp.qat.enabled:
-            if cfg.train.mixed_precision != "none":
+            if cfg.train.mixed_precision not in ("none", "auto"):
                 raise TfllmError("config key train.mixed_precision: QAT runs in float32; set it to none")
             return cls("qat", qat.wrap(model, comp.qat.layers, comp.qat.dropout), comp)
         return cls(None, model, comp)

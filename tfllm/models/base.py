@@ -58,20 +58,20 @@ class TaskModel(tf_keras.Model):
             w = tf.ones(tf.shape(y)[:1], tf.float32) / size
         return x, y, tf.cast(w, tf.float32)
 
-    def _loss_and_grads(self, x, y, w, dense: bool = False):
+    def _loss_and_grads(self, x, y, w, dense: bool = False, merge: bool = True):
         """Weighted loss sum and its gradients for one (micro-)batch; updates metrics.
 
         The word-embedding gradient stays sparse (``IndexedSlices``: only the rows of tokens in
-        the batch) unless ``dense``; densifying a 30k x 384 table every step costs more than the
-        rest of the optimizer update on a CPU.
+        the batch) unless ``dense``; its repeated rows are summed (``merge``) for Keras' update,
+        which clips and applies it as it is (the fused update sums them itself).
         """
         with tf.GradientTape() as tape:
             per_example, outputs = self.per_example_loss(x, y, training=True)
             loss = tf.reduce_sum(tf.cast(per_example, tf.float32) * w)
             scaled = self._scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_variables)
-        grads = [tf.zeros_like(v) if g is None else (tf.convert_to_tensor(g) if dense else _merge_rows(g))
-                 for g, v in zip(grads, self.trainable_variables)]
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) if dense else
+                 _merge_rows(g) if merge else g for g, v in zip(grads, self.trainable_variables)]
         self.loss_tracker.update_state(per_example)
         self.update_task_metrics(y, outputs, w)
         return loss, grads
@@ -96,12 +96,31 @@ class TaskModel(tf_keras.Model):
         _, loss, grads = tf.while_loop(lambda i, *_: i < steps, body, [tf.constant(0), 0.0, zeros])
         return loss, grads
 
+    def _fused_update(self) -> bool:
+        """One replica and an optimizer with a fused update (tfllm's AdamW): use it."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        return replicas == 1 and hasattr(self.optimizer, "apply_clipped")
+
     def train_step(self, data):
         x, y, w = self._unpack(data)
+        fused = self._fused_update()
         if self.grad_accum_steps > 1:
             loss, grads = self._accumulated_loss_and_grads(x, y, w)
         else:
-            loss, grads = self._loss_and_grads(x, y, w)
+            loss, grads = self._loss_and_grads(x, y, w, merge=not fused)
+        if fused:  # clipping, weight decay and Adam in one XLA function
+            grad_norm = self.optimizer.apply_clipped(grads, self.trainable_variables, self.max_grad_norm)
+        else:
+            grad_norm = self._apply_unfused(grads)
+        logs = {m.name: m.result() for m in self.metrics}
+        logs.update(grad_norm=grad_norm, learning_rate=self.current_learning_rate())
+        if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+            logs["loss_scale"] = tf.convert_to_tensor(self.optimizer.loss_scale)
+        return logs
+
+    def _apply_unfused(self, grads):
+        """Keras' update: unscale (float16), all-reduce over replicas, clip, apply; the norm."""
         if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
             grads = self.optimizer.get_unscaled_gradients(grads)
         context = tf.distribute.get_replica_context()
@@ -112,11 +131,7 @@ class TaskModel(tf_keras.Model):
             grads, _ = tf.clip_by_global_norm(grads, self.max_grad_norm, use_norm=grad_norm)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables),
                                        skip_gradients_aggregation=True)
-        logs = {m.name: m.result() for m in self.metrics}
-        logs.update(grad_norm=grad_norm, learning_rate=self.current_learning_rate())
-        if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
-            logs["loss_scale"] = tf.convert_to_tensor(self.optimizer.loss_scale)
-        return logs
+        return grad_norm
 
     def current_learning_rate(self):
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)

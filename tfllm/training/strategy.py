@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import tensorflow as tf
 import tf_keras
 
 from tfllm.config import Config, DistributeConfig
 from tfllm.errors import TfllmError
+from tfllm.hardware import bf16_hardware
 
 log = logging.getLogger("tfllm")
 
@@ -50,12 +52,36 @@ def make_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def set_precision(policy: str) -> str:
-    """Set the global Keras mixed-precision policy; ``auto`` = float16 on GPU, bfloat16 on CPU."""
-    if policy == "auto":
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+@dataclass(frozen=True)
+class Precision:
+    policy: str   # none (float32), mixed_bfloat16 or mixed_float16
+    reason: str   # why: what the config asked, or what ``auto`` saw
+
+
+def resolve_precision(cfg: Config) -> Precision:
+    """``train.mixed_precision``, with ``auto`` decided by the hardware.
+
+    ``auto``: float16 on a GPU; bfloat16 on a CPU with bf16 matrix instructions (AMX-BF16 or
+    AVX512-BF16), where oneDNN runs bf16 matmuls faster than float32; float32 on a CPU without
+    them (bf16 would be emulated there: slower, and less precise) and for QAT (float32 only).
+    """
+    asked = cfg.train.mixed_precision
+    if asked != "auto":
+        return Precision(asked, "train.mixed_precision")
+    if cfg.compression.qat.enabled:
+        return Precision("none", "auto: quantization-aware training runs in float32")
+    if tf.config.list_physical_devices("GPU"):
+        return Precision("mixed_float16", "auto: a GPU")
+    bf16 = bf16_hardware()
+    if bf16:
+        return Precision("mixed_bfloat16", f"auto: the CPU has bf16 instructions ({', '.join(bf16)})")
+    return Precision("none", "auto: the CPU has no bf16 instructions (AMX-BF16 / AVX512-BF16); "
+                     "float32 is faster than emulated bf16")
+
+
+def set_precision(policy: str) -> None:
+    """Set the global Keras mixed-precision policy (``none`` = float32)."""
     tf_keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
-    return policy
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -68,10 +94,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                              and resolver.task_id == 0)
 
 
-def seed_everything(cfg: Config) -> str:
+def seed_everything(cfg: Config) -> Precision:
     """Seed Python/NumPy/TF, make dropout resumable, set the precision policy; returns it."""
     tf_keras.utils.set_random_seed(cfg.train.seed)
     # Dropout then draws from tf.random.Generator state variables, which our checkpoints save:
     # a resumed run continues the exact random stream of the interrupted one.
     tf_keras.backend.experimental.enable_tf_random_generator()
-    return set_precision(cfg.train.mixed_precision)
+    precision = resolve_precision(cfg)
+    set_precision(precision.policy)
+    return precision

@@ -92,7 +92,8 @@ class Trainer:
         with self.strategy.scope():
             loss_scale = tf_keras.mixed_precision.global_policy().name == "mixed_float16"
             optimizer = make_optimizer(self.cfg.learning_rate, total_steps, self.cfg.warmup_ratio,
-                                       self.cfg.lr_schedule, self.cfg.weight_decay, loss_scale)
+                                       self.cfg.lr_schedule, self.cfg.weight_decay, loss_scale,
+                                       fused=self.cfg.fused_optimizer)
             jit = self.cfg.jit_compile and self.strategy.num_replicas_in_sync == 1
             if self.cfg.jit_compile and not jit:
                 log.warning("XLA (train.jit_compile) is switched off with several replicas")
