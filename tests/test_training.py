@@ -162,8 +162,30 @@ def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_
         assert np.isfinite(metrics["dev"]["loss"])
         if "mixed_" in switch:
             assert info["precision"] == switch.split("=")[1]
+            assert info["precision_reason"] == "train.mixed_precision"
+        # the run's policy ends with the run: models built afterwards in this process are float32
+        assert tf_keras.mixed_precision.global_policy().name == "float32"
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("flags, gpu, qat, expected", [
+    (["avx512_bf16"], False, False, "mixed_bfloat16"),
+    (["amx_bf16"], False, False, "mixed_bfloat16"),
+    ([], False, False, "none"),                 # AVX2-only CPU: emulated bf16 would be slower
+    (["avx512_bf16"], True, False, "mixed_float16"),
+    (["avx512_bf16"], False, True, "none"),    # QAT runs in float32
+])
+def test_auto_precision_follows_the_hardware(monkeypatch, flags, gpu, qat, expected):
+    from tfllm.training import strategy
+    monkeypatch.setattr(strategy, "bf16_hardware", lambda: flags)
+    monkeypatch.setattr(strategy.tf.config, "list_physical_devices",
+                        lambda kind=None: ["GPU:0"] if gpu and kind == "GPU" else [])
+    cfg = load_config(None, ["train.mixed_precision=auto"] + (["compression.qat.enabled=true"] if qat else []))
+    precision = strategy.resolve_precision(cfg)
+    assert precision.policy == expected
+    assert precision.reason.startswith("auto:")
+    assert load_config(None, []).train.mixed_precision == "auto"  # the default
 
 
 def test_sentence_pair_task_trains_and_predicts(tiny_checkpoint, tmp_path):
