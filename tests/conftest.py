@@ -40,6 +40,16 @@ def sentiment_rows(repeat: int = 4):
 
 
 @pytest.fixture(autouse=True)
+def float32_unless_asked(monkeypatch):
+    """``train.mixed_precision: auto`` (the default) resolves as on a CPU without bf16 hardware,
+    in this process: the tiny models then train and compare alike on every machine CI gets (AVX2
+    or AVX512-BF16/AMX). The decision rule itself and explicit bf16 runs have their own tests
+    (test_training.py); notebooks and other subprocesses see the real hardware."""
+    from tfllm.training import strategy
+    monkeypatch.setattr(strategy, "bf16_hardware", lambda: [])
+
+
+@pytest.fixture(autouse=True)
 def restore_root_logging():
     """A CLI run in-process points the root logger at the test's captured (then closed) stream;
     put the handlers back so later tests do not log into a closed file."""

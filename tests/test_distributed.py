@@ -32,7 +32,9 @@ def assert_same_steps(run: dict, reference: dict, steps: int, rtol: float = 1e-4
         assert len(run["steps"][tag]) == len(reference["steps"][tag]) == steps, tag
         np.testing.assert_allclose(run["steps"][tag], reference["steps"][tag], rtol=rtol,
                                    err_msg=f"per-step {tag}")
-    np.testing.assert_allclose(run["updates"], reference["updates"], rtol=10 * rtol, atol=1e-7,
+    # atol: a variable whose update is ~1e-5 differed by 1.7e-7 in 1 CI run of several (summation
+    # order of the replicas' all-reduce); a distribution bug (a doubled or dropped replica) is 2x
+    np.testing.assert_allclose(run["updates"], reference["updates"], rtol=10 * rtol, atol=5e-7,
                                err_msg="update norms of the trainable variables")
 
 

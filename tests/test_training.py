@@ -178,7 +178,7 @@ def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_
 ])
 def test_auto_precision_follows_the_hardware(monkeypatch, flags, gpu, qat, expected):
     from tfllm.training import strategy
-    monkeypatch.setattr(strategy, "bf16_hardware", lambda: flags)
+    monkeypatch.setattr(strategy, "bf16_hardware", lambda: flags)  # conftest pins [] otherwise
     monkeypatch.setattr(strategy.tf.config, "list_physical_devices",
                         lambda kind=None: ["GPU:0"] if gpu and kind == "GPU" else [])
     cfg = load_config(None, ["train.mixed_precision=auto"] + (["compression.qat.enabled=true"] if qat else []))
