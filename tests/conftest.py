@@ -17,6 +17,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 PERSUASION = ROOT / "tests" / "data" / "persuasion_opening.txt"
 sys.path.insert(0, str(ROOT / "tests"))
 
+# ``train.mixed_precision: auto`` (the default) resolves in the test process as on a CPU without
+# bf16 hardware, for the whole session (module-scoped fixtures included): the tiny models then
+# train and compare alike on every machine CI gets (AVX2 or AVX512-BF16/AMX). The decision rule
+# and explicit bf16 runs have their own tests (test_training.py); subprocesses see the hardware.
+from tfllm.training import strategy as _strategy  # noqa: E402
+
+_strategy.bf16_hardware = lambda: []
+
 POSITIVE = ["a wonderful warm film", "great acting and a clever plot", "i loved every minute",
             "superb food and friendly staff", "the best phone i have owned", "delightful and moving",
             "excellent service, will return", "a joy to read from start to end"]
@@ -37,16 +45,6 @@ def sentiment_rows(repeat: int = 4):
         rows += [(f"{t} {'!' * i}".strip(), "pos") for t in POSITIVE]
         rows += [(f"{t} {'.' * i}".strip(), "neg") for t in NEGATIVE]
     return rows
-
-
-@pytest.fixture(autouse=True)
-def float32_unless_asked(monkeypatch):
-    """``train.mixed_precision: auto`` (the default) resolves as on a CPU without bf16 hardware,
-    in this process: the tiny models then train and compare alike on every machine CI gets (AVX2
-    or AVX512-BF16/AMX). The decision rule itself and explicit bf16 runs have their own tests
-    (test_training.py); notebooks and other subprocesses see the real hardware."""
-    from tfllm.training import strategy
-    monkeypatch.setattr(strategy, "bf16_hardware", lambda: [])
 
 
 @pytest.fixture(autouse=True)
