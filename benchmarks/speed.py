@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
-from benchmarks.finetune import training_windows  # noqa: E402
+from benchmarks.finetune import plan_padding, training_windows  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -135,13 +135,8 @@ def tfllm_finetune(out: Path, slice_file: Path, precision: str, fused: bool) -> 
 
 def plan_padded_length(cfg) -> float:
     """Mean padded length of the run's training batches (bucketed, multiple of 8)."""
-    data = task_for(cfg).load_data()
-    plan = data.train.plan
-    lengths = data.train.encoded.lengths
-    multiple = cfg.data.pad_to_multiple_of
-    widths = [int(np.ceil(max(lengths[b]) / multiple) * multiple) for b in plan.epoch(0)]
-    sizes = [len(b) for b in plan.epoch(0)]
-    return float(np.dot(widths, sizes) / np.sum(sizes))
+    train = task_for(cfg).load_data().train
+    return plan_padding(train.encoded, train.plan.epoch(0), cfg.data.pad_to_multiple_of)["mean_length"]
 
 
 def tfllm_predict(run_dir: Path) -> Row:
