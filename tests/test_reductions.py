@@ -72,7 +72,10 @@ def unscaled_grad_norm(model, batch) -> float:
 def test_mixed_float16_scales_the_loss_and_unscales_the_gradients(tiny_checkpoint):
     """Loss scaling ran: the LossScaleOptimizer's scale (2^15) is logged, and the float16 step's
     grad_norm (unscaled) is the float32 step's. The sample weights are 1e-7 of the mean's, so
-    without the scale every float16 gradient underflows to 0 (checked at the end)."""
+    without the scale every float16 gradient underflows to 0 (checked at the end). Even scaled,
+    many of those gradients are float16 subnormals (steps of 6e-8), so the norm is only good to a
+    few percent, and how it rounds depends on the CPU's float16 kernels (4.7% off on one CI
+    machine): 10% still tells a scaled step from an unscaled (0) or a never-unscaled (x 2^15) one."""
     features, labels, weights = batches(tiny_checkpoint)[0]
     small = (features, labels, weights * 1e-7)
     reference = train(classifier(tiny_checkpoint, make_optimizer(1e-3, 10)), [small])["steps"]
@@ -84,7 +87,7 @@ def test_mixed_float16_scales_the_loss_and_unscales_the_gradients(tiny_checkpoin
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
     assert scaled["loss_scale"] == [2.0 ** 15] and "loss_scale" not in reference
-    np.testing.assert_allclose(scaled["grad_norm"], reference["grad_norm"], rtol=2e-2,
+    np.testing.assert_allclose(scaled["grad_norm"], reference["grad_norm"], rtol=0.1,
                                err_msg="float16 grad_norm (unscaled) vs float32")
     np.testing.assert_allclose(scaled["loss"], reference["loss"], rtol=1e-3)
     assert without_scaling == 0.0  # every float16 gradient underflowed
