@@ -4,6 +4,7 @@ The tiny checkpoint uses the packaged MiniLM's real WordPiece vocabulary (so tok
 real) with a 2-layer, 32-wide encoder, so a training step takes milliseconds.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,6 +85,23 @@ def sentiment_files(tmp_path):
     train = write_tsv(tmp_path / "train.tsv", sentiment_rows(4))
     dev = write_tsv(tmp_path / "dev.tsv", sentiment_rows(1))
     return train, dev
+
+
+def main_in_process(module: str, argv: list, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """``python -m tfllm.<module> argv`` run in this process (TensorFlow is already imported, so
+    an error path costs milliseconds, not a new interpreter's 10 s import): ``main`` with pytest's
+    logging left as is; bytes arguments arrive as the interpreter would pass them
+    (``os.fsdecode``). A few tests in each CLI's file still run the real subprocess."""
+    import importlib
+
+    mod = importlib.import_module(f"tfllm.{module}")
+    monkeypatch.setattr(mod, "setup_logging", lambda *a, **k: None)
+    argv = [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        mod.main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, info.value.code, out, err)
 
 
 def tiny_overrides(checkpoint: str, train: Path, dev: Path, out: Path, *extra: str) -> list:

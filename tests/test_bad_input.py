@@ -16,7 +16,7 @@ import pytest
 # a capsys-captured test whose stream is closed afterwards ("Logging error ... closed file").
 import transformers  # noqa: F401
 
-from conftest import ROOT, sentiment_rows, tiny_overrides, write_tsv
+from conftest import ROOT, main_in_process, sentiment_rows, tiny_overrides, write_tsv
 
 GUARD_CHECKPOINT = "model.checkpoint=/nonexistent/guard"  # if a bad input slipped through, stop here
 
@@ -59,15 +59,9 @@ def check_error(code, stderr: str, pattern: str) -> str:
 
 
 def call_main(module: str, argv: list, capsys, monkeypatch):
-    """Run ``tfllm.<module>.main(argv)`` as the CLI would; returns (exit code, stderr)."""
-    import importlib
-
-    mod = importlib.import_module(f"tfllm.{module}")
-    monkeypatch.setattr(mod, "setup_logging", lambda *a, **k: None)  # keep pytest's logging as is
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        mod.main([str(a) for a in argv])
-    return info.value.code, capsys.readouterr().err
+    """``tfllm.<module>.main(argv)`` in this process; returns (exit code, stderr)."""
+    done = main_in_process(module, argv, capsys, monkeypatch)
+    return done.returncode, done.stderr
 
 
 def run_cli(module: str, *args, timeout: int = 180) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PERSUASION, ROOT, sentiment_rows, tiny_overrides, write_tsv
+from conftest import PERSUASION, ROOT, main_in_process, sentiment_rows, tiny_overrides, write_tsv
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -52,12 +52,19 @@ def check_error(result: subprocess.CompletedProcess, pattern: str) -> str:
     return line
 
 
-def failing(module: str, args: list, pattern: str, *keep: Path, **kwargs) -> str:
-    """Run a CLI that must fail as :func:`check_error` says and leave ``keep`` untouched."""
+def failing(module: str, args: list, pattern: str, *keep: Path, runner=run_cli, **kwargs) -> str:
+    """Run a CLI (``runner``: a subprocess, or :func:`main_in_process`) that must fail as
+    :func:`check_error` says and leave ``keep`` untouched."""
     before = digest(*keep)
-    line = check_error(run_cli(module, *args, **kwargs), pattern)
+    line = check_error(runner(module, *args, **kwargs), pattern)
     assert digest(*keep) == before, "files changed"
     return line
+
+
+@pytest.fixture()
+def in_process(capsys, monkeypatch):
+    """A ``runner`` for :func:`failing`: the CLI's ``main`` in this process."""
+    return lambda module, *args: main_in_process(module, list(args), capsys, monkeypatch)
 
 
 # --- a tiny trained run, shared; each test corrupts its own copy -----------------------------
@@ -115,11 +122,11 @@ def test_non_utf8_argument(run):
             r"^error: argument 3 'caf\\xff' is not valid UTF-8$", run)
 
 
-def test_non_utf8_predict_input_file(run, tmp_path):
+def test_non_utf8_predict_input_file(run, tmp_path, in_process):
     bad = tmp_path / "texts.txt"
     bad.write_bytes(b"fine\nna\xefve caf\xe9\n")
     failing("predict", [run, "--input", bad], rf"^error: {re.escape(str(bad))} line 2: not valid UTF-8",
-            run, tmp_path)
+            run, tmp_path, runner=in_process)
 
 
 # --- a corrupt run directory, through every consumer -----------------------------------------
@@ -160,10 +167,11 @@ CORRUPT = {  # name -> (corrupt the run, CLI, its arguments ({run}, {data}), err
 
 
 @pytest.mark.parametrize("case", list(CORRUPT))
-def test_corrupt_run(case, run, data):
+def test_corrupt_run(case, run, data, in_process):
     corrupt, module, args, pattern = CORRUPT[case]
     corrupt(run)
-    failing(module, [str(a).format(run=run, data=data) for a in args], pattern, run, data)
+    failing(module, [str(a).format(run=run, data=data) for a in args], pattern, run, data,
+            runner=in_process)
     assert not (data / "new").exists()
 
 

@@ -28,7 +28,7 @@ from tfllm.serve import Settings
 LIMITS = Settings(max_batch_size=16, max_latency_ms=2, max_queue=64, timeout_ms=20000, max_instances=8,
                   max_chars=300, max_body_bytes=20000)
 MODELS = ("tiny", "pairs", "ner")
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=250,
+FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=120,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 TEXT_ROUTES = ("/", "/metrics")  # the page (HTML) and the metrics (text) do not answer JSON
 
@@ -178,7 +178,7 @@ def test_bodies_shaped_like_the_api(server, model, verb, body):
     fuzz(server, "POST", f"/v1/models/{model}{verb}", encoded(body), {"Content-Type": "application/json"})
 
 
-@settings(FUZZ, max_examples=100)  # each reaches a model: about 80 ms
+@settings(FUZZ, max_examples=50)  # each reaches a model: about 80 ms
 @given(model=st.sampled_from(MODELS), verb=st.sampled_from([":predict", ":classify"]), columnar=st.booleans(),
        texts=st.lists(ODD_TEXTS, min_size=1, max_size=4), pairs=st.lists(ODD_TEXTS, min_size=4, max_size=4))
 def test_odd_texts_to_the_models(server, model, verb, columnar, texts, pairs):
