@@ -98,10 +98,13 @@ def main_in_process(module: str, argv: list, capsys, monkeypatch) -> subprocess.
     monkeypatch.setattr(mod, "setup_logging", lambda *a, **k: None)
     argv = [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv]
     capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
+    try:
         mod.main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
     out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, info.value.code, out, err)
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def tiny_overrides(checkpoint: str, train: Path, dev: Path, out: Path, *extra: str) -> list:

@@ -103,10 +103,10 @@ def test_train_takes_a_flag_between_overrides(trained):
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2  # the override after it
 
 
-def test_predict_takes_options_between_texts(run, tmp_path):
+def test_predict_takes_options_between_texts(run, tmp_path, in_process):
     lines = tmp_path / "lines.txt"
     lines.write_text("a dull and boring mess\n", encoding="utf-8")
-    done = run_cli("predict", run, "a wonderful warm film", "--batch-size", "2", "i hated it",
+    done = in_process("predict", run, "a wonderful warm film", "--batch-size", "2", "i hated it",
                    "--input", lines, "great acting")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import PERSUASION, tensorboard_tags
+from conftest import PERSUASION, main_in_process, tensorboard_tags
 from tfllm.config import DataConfig, ModelConfig, load_config
 from tfllm.data.corpus import (Corpus, build_blocks, build_lines, encode_corpus, hold_out,
                                load_corpus_splits, read_corpus, tokenize_documents)
@@ -212,7 +212,7 @@ def test_scratch_model_loss_falls_and_the_run_directory(scratch_run):
     TFBertForMaskedLM.from_pretrained(str(scratch_run / "model"))  # loadable by transformers
 
 
-def test_fill_mask_cli(scratch_run):
+def test_fill_mask_cli(scratch_run, capsys, monkeypatch):
     done = subprocess.run([sys.executable, "-m", "tfllm.predict", str(scratch_run), "--fill-mask",
                            "she was [MASK] to see him .", "--fill-mask", "[MASK] and [MASK]", "--top-k", "3"],
                           capture_output=True, text=True, timeout=300)
@@ -223,12 +223,10 @@ def test_fill_mask_cli(scratch_run):
         probabilities = [p["probability"] for p in row["predictions"]]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert 0 < sum(probabilities) <= 1.0001
-    bad = subprocess.run([sys.executable, "-m", "tfllm.predict", str(scratch_run), "--fill-mask",
-                          "no mask here"], capture_output=True, text=True, timeout=300)
+    bad = main_in_process("predict", [scratch_run, "--fill-mask", "no mask here"], capsys, monkeypatch)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: text 1 has no [MASK]")
 
-    predicted = subprocess.run([sys.executable, "-m", "tfllm.predict", str(scratch_run), "a text"],
-                               capture_output=True, text=True, timeout=300)
+    predicted = main_in_process("predict", [scratch_run, "a text"], capsys, monkeypatch)
     assert predicted.returncode == 2 and "masked-LM run, not a classifier" in predicted.stderr
 
     from tfllm.inference import Predictor
@@ -333,11 +331,10 @@ def test_scratch_is_only_for_masked_lm(sentiment_files, tmp_path):
         run_training(cfg)
 
 
-def test_cli_bad_corpus_is_one_line(tmp_path):
+def test_cli_bad_corpus_is_one_line(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "empty.txt"
     corpus.write_text("", encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "tfllm.train", *mlm_overrides(corpus, tmp_path / "run")],
-                          capture_output=True, text=True, timeout=300)
+    done = main_in_process("train", mlm_overrides(corpus, tmp_path / "run"), capsys, monkeypatch)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"error: {corpus}: the corpus is empty (no non-blank text)"
