@@ -24,6 +24,7 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 import transformers
+from tensorflow.python.util import _pywrap_util_port
 
 import tfllm
 from tfllm import io, rundir
@@ -156,6 +157,7 @@ def write_run_metadata(run_dir: Path, cfg: Config, resume: bool, precision, repl
                                               "precision": precision.policy,
                                               "precision_reason": precision.reason, "command": sys.argv,
                                               "replicas": replicas, "task": cfg.train.task, "cpu": cpu(),
+                                              "onednn": bool(_pywrap_util_port.IsMklEnabled()),
                                               "code": source_commit()})
 
 
