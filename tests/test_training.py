@@ -47,6 +47,29 @@ def test_keras_fit_evaluate_predict(tiny_checkpoint):
     assert logits.shape == (24, 2) and logits.dtype == np.float32
 
 
+def test_autograph_does_not_convert_the_hugging_face_model(tiny_checkpoint, monkeypatch):
+    """Tracing a training step or an inference function runs the transformers code as it is:
+    AutoGraph's conversion of it cost seconds in every process that trained (TaskModel.__call__)."""
+    from tensorflow.python.autograph.impl import api
+
+    converted = []
+    convert = api._convert_actual  # called for every conversion, cached ones included
+
+    def spy(entity, program_ctx):
+        converted.append(f"{getattr(entity, '__module__', '')}.{getattr(entity, '__qualname__', entity)}")
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", spy)
+    enc, plan = tiny_batches(tiny_checkpoint, n=8)
+    model = classifier(tiny_checkpoint)
+    model.compile(optimizer=make_optimizer(1e-3, total_steps=1))
+    model.fit(make_dataset(enc, plan, epochs=1), epochs=1, steps_per_epoch=1, verbose=0)
+    features = {k: v[:2] for k, v in next(iter(make_dataset(enc, plan, epochs=1)))[0].items()}
+    tf.function(lambda x: model(x, training=False))(features)
+    assert any("make_train_function" in name for name in converted)  # the spy sees conversions
+    assert not [name for name in converted if name.startswith("transformers.")]
+
+
 def test_freezing_keeps_embeddings_and_bottom_layer(tiny_checkpoint):
     cfg = ModelConfig(checkpoint=tiny_checkpoint, freeze_embeddings=True, freeze_layers=1)
     model, _ = build_classifier(cfg, num_labels=2)

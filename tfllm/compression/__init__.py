@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Optional
 
 from tfllm import io
-from tfllm.compression import pruning, qat
 from tfllm.models.classifier import load_teacher
 from tfllm.errors import TfllmError
+
+# ``pruning`` and ``qat`` (TF-MOT) are imported by the phase that uses them: importing TF-MOT
+# takes seconds (it also loads the standalone Keras 3 package), which every run without a
+# compression phase, and every CLI start, would otherwise pay.
 
 log = logging.getLogger("tfllm")
 
@@ -62,12 +65,16 @@ class CompressionPhase:
                              "enable one per run (QAT after pruning would regrow the zeros; export "
                              "a pruned run with --quantize int8 instead)")
         if comp.pruning.enabled:
+            from tfllm.compression import pruning
+
             wrapped = pruning.wrap(model, comp.pruning, steps)
             return cls("pruning", wrapped, comp,
                        [pruning.PruningHook(wrapped, cfg.train.log_every)])
         if comp.qat.enabled:
             if cfg.train.mixed_precision not in ("none", "auto"):
                 raise TfllmError("config key train.mixed_precision: QAT runs in float32; set it to none")
+            from tfllm.compression import qat
+
             return cls("qat", qat.wrap(model, comp.qat.layers, comp.qat.dropout), comp)
         return cls(None, model, comp)
 
@@ -83,6 +90,8 @@ class CompressionPhase:
         """Strip the wrappers; returns the plain classifier and writes ``compression.json``."""
         if self.kind is None:
             return self.model
+        from tfllm.compression import pruning, qat
+
         if self.kind == "pruning":
             for hook in self.step_callbacks:
                 hook.close(step or 0)

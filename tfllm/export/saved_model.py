@@ -38,6 +38,8 @@ from tfllm.tasks.base import keras_outputs
 
 IDS_DIR = "saved_model_ids"  # the token-id SavedModel: input_ids / attention_mask / token_type_ids -> logits
 METADATA = "tfllm.json"      # in assets.extra/: the task, its artifacts and the run's config
+# The serving functions below are straight-line TensorFlow, traced with ``autograph=False``:
+# AutoGraph would convert the whole transformers model's source first, for nothing.
 
 log = logging.getLogger("tfllm")
 
@@ -67,14 +69,14 @@ def build_module(hf_model, vocab_file: str, lower_case: bool, max_length: int, t
         trimmer = tf_text.RoundRobinTrimmer(max_seq_length=max_length - 3)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
-                                      tf.TensorSpec([None], tf.string, name="text_pair")])
+                                      tf.TensorSpec([None], tf.string, name="text_pair")], autograph=False)
         def serve(text, text_pair):
             first, second = trimmer.trim([tokens(text), tokens(text_pair)])
             ids, types = tf_text.combine_segments([first, second], start_of_sequence_id=cls_id,
                                                   end_of_segment_id=sep_id)
             return classify(ids, types)
     else:
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")], autograph=False)
         def serve(text):
             ids, types = tf_text.combine_segments([tokens(text)[:, :max_length - 2]],
                                                   start_of_sequence_id=cls_id, end_of_segment_id=sep_id)
@@ -89,7 +91,8 @@ def build_ids_module(hf_model):
     module = tf.Module()
     module.weights = list(hf_model.weights)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES])
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES],
+                 autograph=False)
     def serve(input_ids, attention_mask, token_type_ids):
         features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         return {"logits": tf.cast(hf_model(features, training=False).logits, tf.float32)}

@@ -32,7 +32,7 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python import convert as tflite_convert
 
 from tfllm import io, rundir
-from tfllm.compression import qat, read_compression
+from tfllm.compression import read_compression
 from tfllm.compression.ptq import calibration_features
 from tfllm.config import Config, from_dict
 from tfllm.data.readers import read_json
@@ -80,7 +80,7 @@ def serving_function(hf_model):
     """``f(input_ids, attention_mask, token_type_ids) -> {"logits"}`` for batch 1, any length."""
     spec = [tf.TensorSpec([1, None], tf.int32, name=name) for name in INPUT_NAMES]
 
-    @tf.function(input_signature=spec)
+    @tf.function(input_signature=spec, autograph=False)  # plain TF ops: no AutoGraph conversion
     def serve(input_ids, attention_mask, token_type_ids):
         logits = hf_model({"input_ids": input_ids, "attention_mask": attention_mask,
                            "token_type_ids": token_type_ids}, training=False).logits
@@ -213,6 +213,8 @@ def qat_model(run_dir: Path, hf_model):
     if not info:
         raise TfllmError(f"--quantize qat needs a run trained with compression.qat.enabled=true; "
                          f"{run_dir} has no QAT ranges (use --quantize int8 for post-training int8)")
+    from tfllm.compression import qat  # TF-MOT: seconds to import, needed by this export only
+
     qat.rewrap(hf_model, info["layers"], info["ranges"])
     qat.fake_quantize_embeddings(hf_model)
     return hf_model

@@ -39,6 +39,15 @@ class TaskModel(tf_keras.Model):
         raise NotImplementedError
 
     # --- shared ----------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        """Keras' call with AutoGraph off below this point.
+
+        Keras would run every subclassed layer's ``call`` (the whole Hugging Face BERT) through
+        AutoGraph inside a ``tf.function``: seconds of source conversion per process and a slower
+        trace of every step, export and inference function, for code whose Python branches all
+        depend on Python values, never on tensors (it runs under XLA as it is)."""
+        return tf.autograph.experimental.do_not_convert(super().__call__)(*args, **kwargs)
+
     @property
     def metrics(self):
         return [self.loss_tracker] + self.task_metrics()
