@@ -34,6 +34,19 @@ NEGATIVE = ["a dull and boring mess", "terrible acting, awful plot", "i hated ev
             "poor service, never again", "a chore to read, badly written"]
 
 
+# The longest files first (measured, about 60-290 s each on 2 cores): with one test process per
+# core (pytest-xdist, --dist loadfile) the short files then fill the gaps at the end.
+LONGEST_FILES = ["test_run_lifecycle.py", "test_tasks.py", "test_distributed.py", "test_training.py",
+                 "test_end_to_end.py", "test_pretraining.py", "test_export.py", "test_notebook_03.py",
+                 "test_errors.py", "test_notebook_04.py", "test_serve_workers.py", "test_compression.py",
+                 "test_notebook_02.py", "test_serve_fuzz.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 def write_tsv(path: Path, rows, header=("text", "label")) -> Path:
     path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows),
                     encoding="utf-8")

@@ -117,9 +117,9 @@ def test_predict_takes_options_between_texts(run, tmp_path, in_process):
 
 # --- non-UTF-8 bytes --------------------------------------------------------------------------
 
-def test_non_utf8_argument(run):
+def test_non_utf8_argument(run, in_process):
     failing("predict", [run, "fine", os.fsencode("caf") + b"\xff"],
-            r"^error: argument 3 'caf\\xff' is not valid UTF-8$", run)
+            r"^error: argument 3 'caf\\xff' is not valid UTF-8$", run, runner=in_process)
 
 
 def test_non_utf8_predict_input_file(run, tmp_path, in_process):
@@ -222,20 +222,20 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_disk_full(run, full_disk):
+def test_disk_full(run, full_disk, in_process):
     export = full_disk / "export"
     failing("export", [run, "--out", export], rf"^error: disk full: {re.escape(str(export))}(/\S+)?$",
-            run, full_disk)
+            run, full_disk, runner=in_process)
     assert not list(full_disk.rglob("*.tmp")), "a partial file was left behind"
 
 
-def test_out_of_memory(tmp_path):
+def test_out_of_memory(tmp_path, in_process):
     """A real ResourceExhaustedError: the word embeddings of a 4M-wide BERT (0.5 TB) at build."""
     out = tmp_path / "mlm"
     line = failing("train", ["train.task=masked_lm", f"data.train_file={PERSUASION}", "data.dev_file=null",
                              "data.documents=blank_line", "data.max_length=32", "model.checkpoint=scratch",
                              "model.preset=tiny", "model.hidden_size=4194304", f"output_dir={out}"],
                    r"^error: out of memory \(OOM when allocating tensor with shape\[\d+,4194304\]",
-                   tmp_path)
+                   tmp_path, runner=in_process)
     assert "train.batch_size" in line and "model.hidden_size" in line
     assert not out.exists()

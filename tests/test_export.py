@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, SHARED_DATA, sentiment_rows, write_tsv
+from conftest import ROOT, SHARED_DATA, main_in_process, sentiment_rows, write_tsv
 from tfllm.config import load_config
 from tfllm.errors import TfllmError
 
@@ -178,7 +178,7 @@ def test_token_id_saved_model_runs_in_plain_tensorflow(run, sample, tmp_path):
     np.testing.assert_allclose(logits[0], keras[0], atol=1e-4)
 
 
-def test_evaluate_cli_runs_an_exported_model(run, tmp_path):
+def test_evaluate_cli_runs_an_exported_model(run, tmp_path, capsys, monkeypatch):
     from tfllm.export.tflite import export_tflite
 
     path = run / "export" / "model_dynamic.tflite"
@@ -186,8 +186,7 @@ def test_evaluate_cli_runs_an_exported_model(run, tmp_path):
         export_tflite(run, "dynamic")
     cfg = load_config(run / "config.yaml")
     data = cfg.data.dev_file
-    done = subprocess.run([sys.executable, "-m", "tfllm.evaluate", str(path), "--data", data,
-                           "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=300)
+    done = main_in_process("evaluate", [path, "--data", data, "--out", tmp_path / "eval"], capsys, monkeypatch)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accuracy=" in done.stdout
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -1,7 +1,5 @@
 """Masked-LM pretraining: corpora, vocabulary, the model's step, runs, resume, fill-mask, errors."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,9 +211,8 @@ def test_scratch_model_loss_falls_and_the_run_directory(scratch_run):
 
 
 def test_fill_mask_cli(scratch_run, capsys, monkeypatch):
-    done = subprocess.run([sys.executable, "-m", "tfllm.predict", str(scratch_run), "--fill-mask",
-                           "she was [MASK] to see him .", "--fill-mask", "[MASK] and [MASK]", "--top-k", "3"],
-                          capture_output=True, text=True, timeout=300)
+    done = main_in_process("predict", [scratch_run, "--fill-mask", "she was [MASK] to see him .",
+                                       "--fill-mask", "[MASK] and [MASK]", "--top-k", "3"], capsys, monkeypatch)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["text"][:3], r["mask"]) for r in rows] == [("she", 1), ("[MA", 1), ("[MA", 2)]

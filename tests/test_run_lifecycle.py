@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_same_run, simulate_kill, tiny_overrides
+from conftest import ROOT, assert_same_run, main_in_process, simulate_kill, tiny_overrides
 from tfllm.config import load_config
 from tfllm.errors import TfllmError
 from tfllm.train import run_training
@@ -62,11 +62,13 @@ def finished_run(tiny_checkpoint, tmp_path_factory):
 
 
 # --- overwrite: only tfllm's own run directories ----------------------------------------------
-def test_overwrite_refuses_the_current_directory_with_user_files(finished_run, tmp_path):
+def test_overwrite_refuses_the_current_directory_with_user_files(finished_run, tmp_path, capsys, monkeypatch):
+    """``python -m tfllm.train --overwrite output_dir=.`` (its ``main`` in this process)."""
     run, train, dev = finished_run
     folder = user_folder(tmp_path / "work")
     before = tree_digest(folder)
-    done = train_cli("--overwrite", "output_dir=.", f"data.train_file={train}", cwd=folder)
+    monkeypatch.chdir(folder)
+    done = main_in_process("train", ["--overwrite", "output_dir=.", f"data.train_file={train}"], capsys, monkeypatch)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert last_line(done.stderr).startswith("error: output_dir . holds files tfllm did not create")
@@ -256,8 +258,8 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_gives_the_same_weights(finished_r
 def test_kill_9_at_the_worst_moments_resumes_to_the_same_weights(finished_run, tiny_checkpoint, tmp_path):
     """SIGKILL right after a checkpoint is written, after the final model/ is written but before
     it is renamed into place, between the report's write and its rename, and between the two
-    renames that swap an existing model/: each time ``--resume`` picks up, and the run ends with
-    the weights of the uninterrupted one."""
+    renames that swap an existing model/ (the one the previous kill left): each time ``--resume``
+    picks up, and the run ends with the weights of the uninterrupted one."""
     from transformers import TFBertForSequenceClassification
 
     run, train, dev = finished_run
@@ -266,19 +268,15 @@ def test_kill_9_at_the_worst_moments_resumes_to_the_same_weights(finished_run, t
                       env={"TFLLM_KILL_AT": "checkpoint_saved:3"})
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     assert tf_latest(out).endswith("ckpt-6")
-    for point in ["directory_written", "file_written/metrics.json:2", None]:
-        done = train_cli("--resume", f"output_dir={out}", env={"TFLLM_KILL_AT": point} if point else None)
-        assert done.returncode == (-signal.SIGKILL if point else 0), (point, done.stderr[-3000:])
-        assert not (out / "metrics.json").exists() or point is None
+    for point in ["directory_written", "file_written/metrics.json:2", "directory_moved_aside"]:
+        done = train_cli("--resume", f"output_dir={out}", env={"TFLLM_KILL_AT": point})
+        assert done.returncode == -signal.SIGKILL, (point, done.stderr[-3000:])
+        assert not (out / "metrics.json").exists()
+    assert not (out / "model").exists()  # moved aside, its replacement not yet in place
+    done = train_cli("--resume", f"output_dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(TFBertForSequenceClassification, run, out)
-    assert not list(out.rglob(".*.tmp"))  # no half-written file left behind
-
-    (out / "metrics.json").unlink()  # run the final save again, over an existing model/
-    done = train_cli("--resume", f"output_dir={out}", env={"TFLLM_KILL_AT": "directory_moved_aside"})
-    assert done.returncode == -signal.SIGKILL and not (out / "model").exists()
-    assert train_cli("--resume", f"output_dir={out}").returncode == 0
-    assert_same_run(TFBertForSequenceClassification, run, out)
-    assert not (out / ".model.old").exists()
+    assert not list(out.rglob(".*.tmp")) and not (out / ".model.old").exists()  # nothing half-written left
 
 
 def tf_latest(run_dir: Path) -> str:

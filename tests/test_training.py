@@ -229,12 +229,10 @@ def test_auto_precision_follows_the_hardware(monkeypatch, flags, gpu, qat, expec
     assert load_config(None, []).train.mixed_precision == "auto"  # the default
 
 
-def test_sentence_pair_task_trains_and_predicts(tiny_checkpoint, tmp_path):
-    """Pairs ([CLS] a [SEP] b [SEP], token types 0/1) through training and the predict CLI."""
-    import subprocess
-    import sys
-
-    from conftest import write_tsv
+def test_sentence_pair_task_trains_and_predicts(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """Pairs ([CLS] a [SEP] b [SEP], token types 0/1) through training and the predict CLI (its
+    ``main`` in this process; test_end_to_end runs the command itself)."""
+    from conftest import main_in_process, write_tsv
 
     rows = [(f"the cat sat {i}", f"a cat was sitting {i}", "1") for i in range(12)]
     rows += [(f"the cat sat {i}", f"stocks fell sharply {i}", "0") for i in range(12)]
@@ -243,12 +241,10 @@ def test_sentence_pair_task_trains_and_predicts(tiny_checkpoint, tmp_path):
     run_dir = run_training(load_config(None, tiny_overrides(
         tiny_checkpoint, train, dev, tmp_path / "pairs", "data.text_column=s1",
         "data.text_pair_column=s2", "train.epochs=1")))
-    done = subprocess.run([sys.executable, "-m", "tfllm.predict", str(run_dir), "the dog ran\ta dog was running"],
-                          capture_output=True, text=True, timeout=300)
+    done = main_in_process("predict", [run_dir, "the dog ran\ta dog was running"], capsys, monkeypatch)
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads(done.stdout.strip())
     assert row["text"] == "the dog ran" and row["text_pair"] == "a dog was running"
     assert set(row["probabilities"]) == {"0", "1"}
-    bad = subprocess.run([sys.executable, "-m", "tfllm.predict", str(run_dir), "no tab here"],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "first<TAB>second" in bad.stderr
+    bad = main_in_process("predict", [run_dir, "no tab here"], capsys, monkeypatch)
+    assert bad.returncode == 2 and "first<TAB>second" in bad.stderr
