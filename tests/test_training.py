@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import assert_same_run, read_scalars, simulate_kill, tensorboard_tags, tiny_overrides
+from conftest import (assert_same_run, main_in_process, read_scalars, simulate_kill, tensorboard_tags,
+                      tiny_overrides, write_tsv)
 from tfllm.config import ModelConfig, load_config
 from tfllm.data.pipeline import BatchPlan, make_dataset
 from tfllm.data.tokenization import encode_texts, load_tokenizer
@@ -80,7 +81,7 @@ def test_freezing_keeps_embeddings_and_bottom_layer(tiny_checkpoint):
         build_classifier(ModelConfig(checkpoint=tiny_checkpoint, freeze_layers=5), num_labels=2)
 
 
-def test_importing_tfllm_first_turns_onednn_on():
+def test_importing_tfllm_first_turns_onednn_on_and_leaves_tf_mot_out():
     """TensorFlow itself turns oneDNN on only for AVX512-VNNI/BF16/AMX CPUs; tfllm asks for it
     everywhere (1.7x faster training on an AVX2-only EPYC), unless the user set the variable.
     The same fresh processes show that training and inference do not import TF-MOT (seconds of
@@ -234,8 +235,6 @@ def test_auto_precision_follows_the_hardware(monkeypatch, flags, gpu, qat, expec
 def test_sentence_pair_task_trains_and_predicts(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     """Pairs ([CLS] a [SEP] b [SEP], token types 0/1) through training and the predict CLI (its
     ``main`` in this process; test_end_to_end runs the command itself)."""
-    from conftest import main_in_process, write_tsv
-
     rows = [(f"the cat sat {i}", f"a cat was sitting {i}", "1") for i in range(12)]
     rows += [(f"the cat sat {i}", f"stocks fell sharply {i}", "0") for i in range(12)]
     header = ("s1", "s2", "label")
