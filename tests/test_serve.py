@@ -36,11 +36,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, sentiment_rows, write_tsv
 from tfllm.config import load_config
+from tfllm.data.tokenization import encode_texts, load_tokenizer
 from tfllm.errors import TfllmError
 from tfllm.inference import Predictor
 from tfllm.serve import ModelSpec, Service, Settings
 from tfllm.serve.__main__ import main
 from tfllm.serve.app import create_app
+from tfllm.serve.batcher import count_truncated
 from tfllm.serve.config import model_specs
 from tfllm.serve.server import bind, build_server, url_of
 from tfllm.serve.service import check_servable
@@ -254,6 +256,23 @@ def test_pair_model(server, pair_predictor):
     assert http(server + "/v1/models/pairs:predict", columns).json()["outputs"] == answer.json()["predictions"]
     assert http(server + "/v1/models/pairs:classify", {"instances": [pair]}).json()["results"][0]["text_pair"] \
         == pair["text_pair"]
+
+
+def test_count_truncated_tokenizes_again_only_texts_cut_to_the_limit(tiny_checkpoint):
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    texts = ["a warm film", "one two three four five six", "word " * 20]  # 5, exactly 8, 22 tokens
+    encoded = encode_texts(tokenizer, texts, None, max_length=8)
+    assert [len(ids) for ids in encoded.input_ids] == [5, 8, 8]
+    seen = []
+
+    def spy(batch, pairs, **kwargs):
+        seen.extend(batch)
+        return tokenizer(batch, pairs, **kwargs)
+
+    assert count_truncated(spy, 8, texts, None, encoded) == 1  # at the limit is not cut
+    assert seen == texts[1:]
+    assert count_truncated(tokenizer, 8, texts, None) == 1  # no encoding: every text counted again
+    assert count_truncated(tokenizer, 8, texts[:1], None, encode_texts(tokenizer, texts[:1], None, 8)) == 0
 
 
 def test_metrics(server):

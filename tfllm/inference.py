@@ -84,9 +84,15 @@ class Predictor:
     def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
                 batch_size: int = 64) -> list[dict]:
         """One JSON-ready dict per text (per [MASK] for fill-mask)."""
+        return self.predict_encoded(texts, pairs, batch_size)[0]
+
+    def predict_encoded(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+                        batch_size: int = 64) -> tuple[list[dict], Encoded]:
+        """:meth:`predict`'s rows and the model inputs they came from (the service counts
+        truncated texts from them)."""
         encoded = self.task.encode(self.tokenizer, texts, pairs)
         outputs = self.backend.outputs(encoded, batch_size)
-        return self.task.rows(texts, pairs, outputs, encoded, self.tokenizer)
+        return self.task.rows(texts, pairs, outputs, encoded, self.tokenizer), encoded
 
     def evaluate(self, data_file: str, out_dir: Path, **columns) -> dict:
         """Score on a labelled file (the task's metrics); reports go to ``out_dir``."""

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tfllm.data.tokenization import Encoded
 from tfllm.inference import Predictor
 from tfllm.serve.metrics import ServeMetrics
 
@@ -209,9 +210,10 @@ class Batcher:
         if self.delay_s:
             time.sleep(self.delay_s)
         start = time.perf_counter()
-        rows = self.predictor.predict(texts, pairs, batch_size=len(texts))
+        rows, encoded = self.predictor.predict_encoded(texts, pairs, batch_size=len(texts))
         seconds = time.perf_counter() - start
-        return rows, seconds, count_truncated(self.predictor, texts, pairs)
+        p = self.predictor
+        return rows, seconds, count_truncated(p.tokenizer, p.task.cfg.data.max_length, texts, pairs, encoded)
 
     def record(self, size: int, seconds: float, truncated: int, rows: list[dict]) -> None:
         m, name = self.metrics, self.name
@@ -231,9 +233,17 @@ def row_labels(row: dict) -> list[str]:
     return [row["label"]] if "label" in row else list(row.get("labels", []))
 
 
-def count_truncated(predictor: Predictor, texts: list, pairs: Optional[list]) -> int:
-    """Texts (with their pairs) longer than ``max_length`` tokens, counted with the model's tokenizer."""
-    limit = predictor.task.cfg.data.max_length
-    encoded = predictor.tokenizer(texts, pairs, add_special_tokens=True, truncation=False,
-                                  return_attention_mask=False, return_token_type_ids=False)
-    return sum(len(ids) > limit for ids in encoded["input_ids"])
+def count_truncated(tokenizer, max_length: int, texts: list, pairs: Optional[list],
+                    encoded: Optional[Encoded] = None) -> int:
+    """Texts (with their pairs) longer than ``max_length`` tokens. With ``encoded``, the model's
+    truncated encoding of the same texts (one example per text), only the texts it cut to exactly
+    ``max_length`` tokens are tokenized again: the others were shorter, so not truncated."""
+    candidates = range(len(texts))
+    if encoded is not None and len(encoded) == len(texts):
+        candidates = [i for i, ids in enumerate(encoded.input_ids) if len(ids) >= max_length]
+    if not candidates:
+        return 0
+    again = tokenizer([texts[i] for i in candidates], None if pairs is None else [pairs[i] for i in candidates],
+                      add_special_tokens=True, truncation=False, return_attention_mask=False,
+                      return_token_type_ids=False)
+    return sum(len(ids) > max_length for ids in again["input_ids"])
