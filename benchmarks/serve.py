@@ -3,7 +3,8 @@
     apt-get install -y wrk                                   # Debian's wrk 4.1 (LuaJIT scripting)
     python benchmarks/serve.py [--run-dir runs/sst2] [--tflite FILE] [--backends keras,tflite]
                                [--concurrency 1,8,32,128] [--duration 15] [--warmup 3]
-                               [--soak-seconds 600] [--soak-backend keras|tflite|fastest] [--out DIR]
+                               [--soak-seconds 600] [--soak-backend keras|tflite|fastest]
+                               [--ceiling-seconds 10] [--out DIR]
     python benchmarks/serve.py --quick                       # smoke test: 5 s rows, c=1,8, 20 s soak
 
 A full run takes about 17 minutes (4 servers x 4 concurrencies x 18 s, start-ups, the 10-minute
@@ -53,6 +54,12 @@ times a request from its actual send, the latency then understates what a paced 
 time is taken from the server's, as it would not be on separate machines. The numbers are this
 run's, on this machine; compare ratios within a report.
 
+**The model alone.** Before any server starts, ``benchmarks/batch_ceiling.py`` (its own process,
+``--ceiling-seconds`` a row) times ``Predictor.predict`` at batch 1 against chunks of
+``--max-batch-size`` dev sentences: the most batching can gain for this model on this machine,
+since each request's HTTP and JSON cost is the same with batching on or off. The report prints
+that table and quotes the best ratio beside the 3x target.
+
 **Targets** (the issue's): dynamic batching >= 3x the throughput of batching off at c=32 (for each
 backend; stated for 2 cores); soak p99 < 5x the p50 at c=1 (the soak backend with dynamic
 batching); zero 5xx in the soak; and the soak's own conditions, no error of any kind (non-2xx,
@@ -88,6 +95,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
+from benchmarks.batch_ceiling import read_sentences  # noqa: E402
 
 DEV_TSV = common.SHARED_DATA / "sst2" / "dev.tsv"
 DEFAULT_RUN = common.ROOT / "runs" / "sst2"
@@ -379,18 +387,7 @@ def run_wrk(url: str, path: str, lua: Path, bodies: Path, connections: int, seco
 
 def write_inputs(folder: Path, data: Path) -> tuple[Path, Path, int]:
     """The Lua script and the request bodies (one JSON body per line, one dev sentence each)."""
-    sentences = []
-    with open(data, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-        if "sentence" not in header:
-            sys.exit(f"error: {data} has no 'sentence' column (header: {header})")
-        column = header.index("sentence")
-        for line in handle:
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) > column and fields[column].strip():
-                sentences.append(fields[column])
-    if not sentences:
-        sys.exit(f"error: {data} has no sentences")
+    sentences = read_sentences(data)
     bodies = folder / "bodies.jsonl"
     bodies.write_text("".join(json.dumps({"instances": [s]}) + "\n" for s in sentences), encoding="utf-8")
     lua = folder / "sst2.lua"
@@ -399,6 +396,23 @@ def write_inputs(folder: Path, data: Path) -> tuple[Path, Path, int]:
 
 
 # --- measurements ----------------------------------------------------------------------------
+def model_ceiling(args) -> list[dict]:
+    """The model alone, batch 1 vs batched (``benchmarks/batch_ceiling.py`` in its own process,
+    before any server starts): the most dynamic batching can gain on this machine."""
+    if args.ceiling_seconds <= 0:
+        return []
+    out = args.out / "ceiling.json"
+    command = [sys.executable, str(Path(__file__).with_name("batch_ceiling.py")), "--run-dir", str(args.run_dir),
+               "--tflite", str(args.tflite), "--data", str(args.data), "--backends", ",".join(args.backends),
+               "--batch", str(args.max_batch_size), "--seconds", f"{args.ceiling_seconds:g}", "--out", str(out)]
+    print("model alone:", " ".join(command[1:]), flush=True)
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (args.out / "ceiling.log").write_text(done.stdout, encoding="utf-8")
+    if done.returncode != 0:
+        sys.exit(f"error: batch_ceiling.py failed (exit {done.returncode}); see {args.out / 'ceiling.log'}")
+    return json.loads(out.read_text(encoding="utf-8"))["rows"]
+
+
 @dataclass
 class Row:
     backend: str
@@ -501,7 +515,8 @@ def fmt(value: float, digits: int = 1) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, wrk_version: str) -> str:
+def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, wrk_version: str,
+           ceiling: list[dict]) -> str:
     info = common.machine_info()
     lines = [f"{common.machine_line(info)}; wrk and the server share these {info['cores']} cores "
              f"(wrk: 2 threads, 1 at an odd concurrency)", "",
@@ -523,6 +538,17 @@ def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, w
                   "`TFLiteBackend.outputs` in tfllm/export/tflite.py), so a dynamic batch of N texts is N "
                   "interpreter invokes in one call of the batching thread: batching there saves per-request "
                   "overhead only, not forward passes.", ""]
+    best_ceiling = {}
+    if ceiling:
+        lines += [f"Model alone, no HTTP (`benchmarks/batch_ceiling.py`, {args.ceiling_seconds:g} s a row, the same "
+                  "sentences in file order): `Predictor.predict` at batch 1 against consecutive chunks of "
+                  f"{args.max_batch_size}, as one pass or sorted into groups. Every request also costs the same "
+                  "HTTP and JSON work with batching on or off, so the service's ratio stays under this one.", "",
+                  common.markdown_table(["backend", "policy", "sentences/s", "x batch 1"],
+                                        [[c["backend"], c["policy"], fmt(c["sentences_per_s"]), fmt(c["ratio"], 2)]
+                                         for c in ceiling]), ""]
+        for c in ceiling:
+            best_ceiling[c["backend"]] = max(best_ceiling.get(c["backend"], 0.0), c["ratio"])
     find = {(r.backend, r.batching, r.concurrency): r for r in rows}
     values: dict = {}
     targets: list[tuple[str, Optional[bool], str]] = []
@@ -536,8 +562,11 @@ def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, w
             lines.append(f"- Dynamic batching vs off at c=32, {backend}: **{ratio:.2f}x** ({dyn.wrk.rps:.1f} vs "
                          f"{off.wrk.rps:.1f} req/s; mean batch {dyn.mean_batch:.1f} vs {off.mean_batch:.1f})")
             values[f"{backend}_c32_speedup"] = ratio
+            bound = (f"; the model alone gains at most {best_ceiling[backend]:.2f}x from batching here"
+                     if backend in best_ceiling else "")
+            values[f"{backend}_model_ceiling"] = best_ceiling.get(backend)
             targets.append((f"dynamic batching >= 3x batching off at c=32, {backend}{two_cores}", ratio >= 3,
-                            f"{ratio:.2f}x"))
+                            f"{ratio:.2f}x{bound}"))
         else:
             values[f"{backend}_c32_speedup"] = None
             targets.append((f"dynamic batching >= 3x batching off at c=32, {backend}", None,
@@ -612,12 +641,15 @@ def parse_args(argv=None):
     parser.add_argument("--rss-interval", type=float, default=10, help="seconds between RSS samples (10)")
     parser.add_argument("--rss-slope-limit", type=float, default=1.0,
                         help="'flat': second-half RSS slope under this many MB/min (1)")
+    parser.add_argument("--ceiling-seconds", type=float, default=10,
+                        help="seconds per row of the model-alone ceiling, benchmarks/batch_ceiling.py (10; 0: skip)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tfllm-serve-bench"), help="report and server logs")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 5 s rows, 2 s warm-ups, c=1,8, a 20 s soak; not written to results")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.soak_seconds, args.rss_interval = 5, 2, 20, 2
+        args.ceiling_seconds = min(args.ceiling_seconds, 2)
         if args.concurrency == parser.get_default("concurrency"):
             args.concurrency = "1,8"
     try:
@@ -657,6 +689,7 @@ def main(argv=None) -> None:
     print(common.machine_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="tfllm-serve-bench-") as tmp:
         lua, bodies, sentences = write_inputs(Path(tmp), args.data)
+        ceiling = model_ceiling(args)
         try:
             rows = [row for backend in args.backends for batching in ("off", "dynamic")
                     for row in measure_config(args, backend, batching, lua, bodies, args.out)]
@@ -668,7 +701,7 @@ def main(argv=None) -> None:
                 soak_result = soak(args, backend, peaks[backend], lua, bodies, args.out)
         except ServerError as error:
             sys.exit(f"error: {error}")
-    text = report(args, rows, soak_result, sentences, wrk_version)
+    text = report(args, rows, soak_result, sentences, wrk_version, ceiling)
     print(text)
     path = args.out / "serve_benchmark.md"
     path.write_text(text + "\n", encoding="utf-8")

@@ -73,7 +73,12 @@ def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
         assert meta["max_length"] == 48 and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
         assert meta["labels"] == ["0", "1"] or meta["labels"] == ["neg", "pos"]
         assert set(meta["input_dtypes"].values()) == {"int32"} and meta["output_dtype"] == "float32"
-        lite = Predictor.load(path).logits(texts)
+        predictor = Predictor.load(path)
+        allocations, allocate = [], predictor.backend.interpreter.allocate_tensors
+        predictor.backend.interpreter.allocate_tensors = lambda: allocations.append(1) or allocate()
+        lite = predictor.logits(texts)
+        # shortest first: the interpreter re-allocates once per distinct length, not per text
+        assert len(allocations) == len(set(predictor.task.encode(predictor.tokenizer, texts).lengths))
         mode = meta["quantize"]
         sizes[mode] = path.stat().st_size
         agreement = np.mean(lite.argmax(-1) == keras.argmax(-1))

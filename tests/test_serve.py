@@ -42,7 +42,8 @@ from tfllm.inference import Predictor
 from tfllm.serve import ModelSpec, Service, Settings
 from tfllm.serve.__main__ import main
 from tfllm.serve.app import create_app
-from tfllm.serve.batcher import count_truncated
+from tfllm.serve.batcher import Batcher, count_truncated
+from tfllm.serve.metrics import ServeMetrics
 from tfllm.serve.config import model_specs
 from tfllm.serve.server import bind, build_server, url_of
 from tfllm.serve.service import check_servable
@@ -313,6 +314,28 @@ def test_concurrent_requests_are_batched(server, predictor):
     single = m[("tfllm_serve_batch_size_bucket", (("le", "1.0"), ("model", "burst")))]
     assert m[("tfllm_serve_batch_size_sum", (("model", "burst"),))] == 16
     assert batches < 16 and single < batches, "no forward pass took more than one request"
+
+
+def test_a_batch_runs_as_length_sorted_forward_passes(predictor, monkeypatch):
+    import tfllm.tasks.base as task_base
+
+    passes = []
+    real = task_base.pad_batch
+    monkeypatch.setattr(task_base, "pad_batch",
+                        lambda encoded, indices, *a: passes.append(encoded.lengths[indices].tolist()) or
+                        real(encoded, indices, *a))
+    batcher = Batcher("groups", predictor, ServeMetrics(), max_batch_size=8, max_latency_s=0, max_queue=8,
+                      timeout_s=10, forward_batch_size=3)
+    texts = ["a warm and wonderful film with great acting", "bad", "a dull plot", "i loved every minute",
+             "fine", "a joy to read from start to end", "rude staff"]
+    rows, _, _ = batcher.predict(texts, None)
+    assert [len(p) for p in passes] == [3, 3, 1]
+    flat = [n for p in passes for n in p]
+    assert flat == sorted(flat)  # shortest first, so each pass pads little
+    expected = predictor.predict(texts)
+    assert [r["label"] for r in rows] == [r["label"] for r in expected]
+    for row, want in zip(rows, expected):
+        assert list(row["probabilities"].values()) == pytest.approx(list(want["probabilities"].values()), abs=1e-5)
 
 
 def test_readiness_while_loading(slow_server):

@@ -382,8 +382,13 @@ class TFLiteBackend:
         return outputs.astype(np.float32)
 
     def outputs(self, encoded: Encoded, batch_size: int = 1):
-        """Per-example outputs, as :func:`tfllm.tasks.base.keras_outputs` returns them."""
-        return per_example([self.run(example_features(encoded, i)) for i in range(len(encoded))])
+        """Per-example outputs in input order, as :func:`tfllm.tasks.base.keras_outputs` returns
+        them. Examples run shortest first: the interpreter re-allocates its tensors whenever the
+        length changes, so equal lengths run back to back."""
+        outputs: list = [None] * len(encoded)
+        for i in np.argsort(encoded.lengths, kind="stable"):
+            outputs[i] = self.run(example_features(encoded, i))
+        return per_example(outputs)
 
 
 def example_features(encoded: Encoded, i: int) -> dict:

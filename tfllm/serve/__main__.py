@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "own copy of the models (1)")
     flag = lambda name, kind, default, text: parser.add_argument(  # noqa: E731
         name, type=kind, default=default, help=f"{text} ({default:g})")
-    flag("--max-batch-size", int, d.max_batch_size, "texts per forward pass; 1 turns batching off")
+    flag("--max-batch-size", int, d.max_batch_size, "texts per batch; 1 turns batching off")
+    flag("--forward-batch-size", int, d.forward_batch_size, "a batch runs as length-sorted forward passes "
+         "of at most this many texts (less padding)")
     flag("--max-latency-ms", float, d.max_latency_ms, "how long a batch waits for more requests")
     flag("--max-queue", int, d.max_queue, "requests waiting per model before 503")
     flag("--timeout-ms", float, d.timeout_ms, "a request not answered in time gets 504")
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_of(args) -> Settings:
     return Settings(args.max_batch_size, args.max_latency_ms, args.max_queue, args.timeout_ms,
-                    args.max_instances, args.max_chars, args.max_body_bytes).check()
+                    args.max_instances, args.max_chars, args.max_body_bytes, args.forward_batch_size).check()
 
 
 @main_guard(memory_hint="lower --max-batch-size or --max-instances")

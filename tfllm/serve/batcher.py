@@ -3,13 +3,15 @@ them into forward passes.
 
 The batcher waits for a request, then up to ``max_latency`` more for others, until the waiting
 texts reach ``max_batch_size``; it runs :meth:`Predictor.predict` on all of them at once in its own
-worker thread (the Predictor sorts by length and pads per batch) and hands each request its rows.
+worker thread and hands each request its rows. The Predictor sorts the batch by length and runs
+it as forward passes of at most ``forward_batch_size`` texts, each padded to its own longest text
+(``benchmarks/batch_ceiling.py`` measures the policies).
 While a batch runs, the next one gathers, so under load batches fill up without waiting. A
 request is never split: one bigger than ``max_batch_size`` runs alone, so ``max_batch_size=1``
 turns batching off (one request, one forward pass).
 
     >>> batcher = Batcher("sst2", predictor, metrics, max_batch_size=32, max_latency_s=0.005,
-    ...                   max_queue=256, timeout_s=10)
+    ...                   max_queue=256, timeout_s=10, forward_batch_size=16)
     >>> batcher.start()
     >>> rows = await batcher.submit(["a warm film"], None)
 
@@ -68,9 +70,10 @@ class Batcher:
     """The queue and batching task of one model (see the module docstring)."""
 
     def __init__(self, name: str, predictor: Predictor, metrics: ServeMetrics, max_batch_size: int,
-                 max_latency_s: float, max_queue: int, timeout_s: float):
+                 max_latency_s: float, max_queue: int, timeout_s: float, forward_batch_size: int = 16):
         self.name, self.predictor, self.metrics = name, predictor, metrics
         self.max_batch_size, self.max_latency_s = max_batch_size, max_latency_s
+        self.forward_batch_size = min(forward_batch_size, max_batch_size)
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self.pending: deque[Pending] = deque()
         self.wakeup = asyncio.Event()
@@ -87,7 +90,7 @@ class Batcher:
         texts = [WARM_UP_TEXT] * self.max_batch_size
         pairs = texts if self.predictor.pair_task else None
         await asyncio.get_running_loop().run_in_executor(
-            self.executor, lambda: self.predictor.predict(texts, pairs, len(texts)))
+            self.executor, lambda: self.predictor.predict(texts, pairs, self.forward_batch_size))
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"batcher-{self.name}")
@@ -210,7 +213,7 @@ class Batcher:
         if self.delay_s:
             time.sleep(self.delay_s)
         start = time.perf_counter()
-        rows, encoded = self.predictor.predict_encoded(texts, pairs, batch_size=len(texts))
+        rows, encoded = self.predictor.predict_encoded(texts, pairs, batch_size=self.forward_batch_size)
         seconds = time.perf_counter() - start
         p = self.predictor
         return rows, seconds, count_truncated(p.tokenizer, p.task.cfg.data.max_length, texts, pairs, encoded)

@@ -28,16 +28,18 @@ TFLITE = Path("export") / "model.tflite"
 @dataclass(frozen=True)
 class Settings:
     """Server-wide limits (the command line's flags; see ``python -m tfllm.serve --help``)."""
-    max_batch_size: int = 32      # texts combined into one forward pass
+    max_batch_size: int = 32      # texts combined into one batch
     max_latency_ms: float = 5.0   # how long a batch waits for more requests after its first
     max_queue: int = 256          # requests waiting per model before 503
     timeout_ms: float = 10000.0   # a request not answered by then gets 504
     max_instances: int = 64       # texts per request
     max_chars: int = 10000        # characters per text
     max_body_bytes: int = 1_000_000
+    forward_batch_size: int = 16  # a batch runs as length-sorted forward passes of at most this many texts
 
     def check(self) -> "Settings":
-        for flag in ("max_batch_size", "max_queue", "max_instances", "max_chars", "max_body_bytes"):
+        for flag in ("max_batch_size", "max_queue", "max_instances", "max_chars", "max_body_bytes",
+                     "forward_batch_size"):
             if getattr(self, flag) < 1:
                 raise TfllmError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(self, flag)}")
         if self.max_latency_ms < 0:

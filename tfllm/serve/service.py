@@ -92,7 +92,7 @@ class Service:
         predictor = await asyncio.to_thread(spec.load)
         check_servable(predictor, spec)
         batcher = Batcher(spec.name, predictor, self.metrics, s.max_batch_size, s.max_latency_ms / 1000,
-                          s.max_queue, s.timeout_ms / 1000)
+                          s.max_queue, s.timeout_ms / 1000, s.forward_batch_size)
         await batcher.warm_up()
         batcher.start()
         model.predictor, model.batcher, model.state = predictor, batcher, AVAILABLE

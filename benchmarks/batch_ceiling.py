@@ -1,0 +1,128 @@
+"""How much can batching gain for a model on this CPU? The model alone, no HTTP: batch 1 against
+batches of the texts a dynamic batcher would hold.
+
+    python benchmarks/batch_ceiling.py [--run-dir runs/sst2] [--tflite FILE] [--batch 32]
+                                       [--seconds 15] [--out FILE.json]
+
+For each backend (the run's Keras model; its int8 TFLite export, default
+``RUN/export/model_int8.tflite``), :class:`tfllm.inference.Predictor` (the object the service's
+batching thread calls: tokenization, the forward pass, the task's rows) predicts the real SST-2
+dev sentences in their file order, cycled:
+
+* **batch 1**: one ``predict([s])`` per sentence, what the service does with batching off;
+* **batch B, one pass**: ``predict(chunk, batch_size=B)`` on consecutive chunks of B sentences
+  (the order a batcher receives them in), one forward pass padded to the chunk's longest text;
+* **batch B, sorted groups of G**: the same chunks with ``batch_size=G``: the Predictor sorts the
+  chunk by length and runs B/G passes, each padded only to its group's longest text.
+
+Each row runs ``--seconds`` after a warm-up pass over every chunk shape. sentences/s is the
+throughput; the ratio to batch 1 is the most a dynamic batcher can gain over batching off for
+this model on this machine: in the service every request also costs the same HTTP and JSON
+work with batching on or off, which only pulls the ratio towards 1. So if this ceiling is under
+a target, no batching policy reaches the target at the service level.
+
+Prints the machine line, a Markdown table and one ``RESULT`` line; ``--out`` also writes the rows
+as JSON (``benchmarks/serve.py`` runs this script and quotes it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
+from tfllm.inference import Predictor  # noqa: E402
+
+DEV_TSV = common.SHARED_DATA / "sst2" / "dev.tsv"
+DEFAULT_RUN = common.ROOT / "runs" / "sst2"
+
+
+def read_sentences(data: Path) -> list[str]:
+    """The non-empty ``sentence`` column of a TSV file (SST-2 dev: 872 sentences)."""
+    sentences = []
+    with open(data, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        if "sentence" not in header:
+            sys.exit(f"error: {data} has no 'sentence' column (header: {header})")
+        column = header.index("sentence")
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) > column and fields[column].strip():
+                sentences.append(fields[column])
+    if not sentences:
+        sys.exit(f"error: {data} has no sentences")
+    return sentences
+
+
+def chunks(sentences: list[str], size: int) -> list[list[str]]:
+    """Consecutive chunks of ``size`` sentences (the last, shorter one dropped)."""
+    return [sentences[i:i + size] for i in range(0, len(sentences) - size + 1, size)]
+
+
+def throughput(predictor: Predictor, batches: list[list[str]], group: int, seconds: float) -> float:
+    """Sentences per second predicting ``batches`` in turn (cycled) for about ``seconds``."""
+    for batch in batches:  # warm-up: every shape traced / every interpreter size allocated
+        predictor.predict(batch, batch_size=group)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for batch in batches:
+            predictor.predict(batch, batch_size=group)
+            done += len(batch)
+            if time.perf_counter() - start >= seconds:
+                break
+    return done / (time.perf_counter() - start)
+
+
+def measure(name: str, predictor: Predictor, sentences: list[str], batch: int, groups: list[int],
+            seconds: float) -> list[dict]:
+    rows = [{"backend": name, "policy": "batch 1", "batch": 1, "group": 1,
+             "sentences_per_s": throughput(predictor, chunks(sentences, 1), 1, seconds)}]
+    for group in [batch, *groups]:
+        policy = f"batch {batch}, one pass" if group == batch else f"batch {batch}, sorted groups of {group}"
+        rows.append({"backend": name, "policy": policy, "batch": batch, "group": group,
+                     "sentences_per_s": throughput(predictor, chunks(sentences, batch), group, seconds)})
+    for row in rows:
+        row["ratio"] = row["sentences_per_s"] / rows[0]["sentences_per_s"]
+        print(f"{name:7s} {row['policy']:32s} {row['sentences_per_s']:8.1f} sentences/s  x{row['ratio']:.2f}", flush=True)
+    return rows
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="fine-tuned run (default runs/sst2)")
+    parser.add_argument("--tflite", type=Path, help="its int8 TFLite export (default RUN/export/model_int8.tflite)")
+    parser.add_argument("--data", type=Path, default=DEV_TSV, help="TSV with a 'sentence' column (SST-2 dev)")
+    parser.add_argument("--backends", default="keras,tflite", help="comma list of keras, tflite")
+    parser.add_argument("--batch", type=int, default=32, help="the batcher's max batch size (32)")
+    parser.add_argument("--groups", default="8", help="comma list of sorted group sizes (8)")
+    parser.add_argument("--seconds", type=float, default=15, help="seconds measured per row (15)")
+    parser.add_argument("--out", type=Path, help="also write the rows here as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    print(common.machine_line(), flush=True)
+    sentences = read_sentences(args.data)
+    groups = [int(g) for g in args.groups.split(",") if g.strip()]
+    paths = {"keras": args.run_dir, "tflite": args.tflite or args.run_dir / "export" / "model_int8.tflite"}
+    rows = []
+    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        rows += measure(name, Predictor.load(paths[name]), sentences, args.batch, groups, args.seconds)
+    print(common.markdown_table(["backend", "policy", "sentences/s", "x batch 1"],
+                                [[r["backend"], r["policy"], f"{r['sentences_per_s']:.1f}", f"{r['ratio']:.2f}"]
+                                 for r in rows]))
+    best = {}
+    for row in rows:
+        best[row["backend"]] = max(best.get(row["backend"], 0.0), row["ratio"])
+    print(common.result_line(**{f"{name}_ceiling": round(value, 3) for name, value in best.items()}))
+    if args.out:
+        args.out.write_text(json.dumps({"machine": common.machine_line(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
