@@ -164,21 +164,21 @@ def test_loss_is_mean_over_masked_tokens_and_accumulation_is_exact(tiny_checkpoi
 # --- whole runs -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scratch_run(austen, tmp_path_factory):
-    """A tiny BERT from scratch with a vocabulary trained on the corpus: 240 steps."""
+    """A tiny BERT from scratch with a vocabulary trained on the corpus: 120 steps."""
     out = tmp_path_factory.mktemp("mlm") / "scratch"
     cfg = load_config(None, mlm_overrides(
         austen, out, "model.checkpoint=scratch", "model.vocab_size=1000", "model.num_layers=2",
         "model.hidden_size=64", "model.num_heads=2", "model.intermediate_size=128",
-        "data.max_length=64", "train.batch_size=32", "train.max_steps=240", "train.eval_every=80",
-        "train.learning_rate=3e-3", "train.warmup_ratio=0.05", "train.log_every=20",
-        "train.checkpoint_every=80", "train.early_stopping_metric=perplexity"))
+        "data.max_length=64", "train.batch_size=32", "train.max_steps=120", "train.eval_every=40",
+        "train.learning_rate=3e-3", "train.warmup_ratio=0.05", "train.log_every=10",
+        "train.checkpoint_every=40", "train.early_stopping_metric=perplexity"))
     return run_training(cfg)
 
 
 def test_scratch_model_loss_falls_and_the_run_directory(scratch_run):
     metrics = json.loads((scratch_run / "metrics.json").read_text())
     history = metrics["history"]
-    assert [h["step"] for h in history] == [80, 160, 240]
+    assert [h["step"] for h in history] == [40, 80, 120]
     vocab = len((scratch_run / "tokenizer" / "vocab.txt").read_text().splitlines())
     assert 900 <= vocab <= 1100
     # a random model predicts ~uniformly: loss ~ ln(vocab); training must beat that clearly
@@ -189,7 +189,7 @@ def test_scratch_model_loss_falls_and_the_run_directory(scratch_run):
                 if v.tag == "loss":
                     train_loss[event.step] = float(tf.make_ndarray(v.tensor))
     steps = sorted(train_loss)
-    assert steps[0] == 20 and steps[-1] == 240
+    assert steps[0] == 10 and steps[-1] == 120
     assert train_loss[steps[-1]] < train_loss[steps[0]] - 0.3, train_loss
     assert history[-1]["loss"] < history[0]["loss"], history
     assert history[-1]["loss"] < np.log(vocab) - 0.8, history
