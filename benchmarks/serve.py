@@ -15,9 +15,9 @@ soak); ``--quick`` about 2.
    with SIGTERM afterwards): for each backend (the run's Keras model; its int8 TFLite export,
    ``--tflite``, default ``RUN/export/model_int8.tflite``), **batching off** (``--max-batch-size 1``:
    one request, one forward pass) and **dynamic batching** (``--max-batch-size 32
-   --max-latency-ms 5``, the server's defaults). Every server gets ``--max-queue 1024`` (c=128
-   is never refused for a full queue; a 503 would be counted, not hidden) and ``--timeout-ms
-   30000`` (wrk's own ``--timeout`` is 60 s, so a slow answer is the server's 504, counted).
+   --max-latency-ms 5 --forward-batch-size 16``, the server's defaults). Every server gets
+   ``--max-queue 1024`` (c=128 is never refused for a full queue; a 503 would be counted, not
+   hidden) and ``--timeout-ms 30000`` (wrk's own ``--timeout`` is 60 s, so a slow answer is the server's 504, counted).
 2. **Load**: ``wrk`` on loopback, ``POST /v1/models/NAME:predict`` with ``{"instances": [S]}``,
    S cycling through the real SST-2 dev sentences (872; each wrk thread starts elsewhere in the
    list), one sentence per request, keep-alive connections. A Lua script (written to a temporary
@@ -195,11 +195,8 @@ class ServerError(RuntimeError):
 class Server:
     """``python -m tfllm.serve`` in a subprocess (its own session), logging to ``log_path``."""
 
-    def __init__(self, run_dir: Path, backend: str, tflite: Optional[Path], max_batch_size: int,
-                 max_latency_ms: float, log_path: Path):
-        self.argv = [sys.executable, "-m", "tfllm.serve", str(run_dir), "--port", "0",
-                     "--max-batch-size", str(max_batch_size), "--max-latency-ms", f"{max_latency_ms:g}",
-                     *SERVE_FLAGS]
+    def __init__(self, run_dir: Path, backend: str, tflite: Optional[Path], batching: list[str], log_path: Path):
+        self.argv = [sys.executable, "-m", "tfllm.serve", str(run_dir), "--port", "0", *batching, *SERVE_FLAGS]
         if backend == "tflite":
             self.argv += ["--tflite", str(tflite)]
         self.log_path = log_path
@@ -404,7 +401,8 @@ def model_ceiling(args) -> list[dict]:
     out = args.out / "ceiling.json"
     command = [sys.executable, str(Path(__file__).with_name("batch_ceiling.py")), "--run-dir", str(args.run_dir),
                "--tflite", str(args.tflite), "--data", str(args.data), "--backends", ",".join(args.backends),
-               "--batch", str(args.max_batch_size), "--seconds", f"{args.ceiling_seconds:g}", "--out", str(out)]
+               "--batch", str(args.max_batch_size), "--groups", str(args.forward_batch_size),
+               "--seconds", f"{args.ceiling_seconds:g}", "--out", str(out)]
     print("model alone:", " ".join(command[1:]), flush=True)
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     (args.out / "ceiling.log").write_text(done.stdout, encoding="utf-8")
@@ -431,10 +429,17 @@ class Row:
         return text
 
 
+def batching_flags(args, batching: str) -> list[str]:
+    """The server's flags for batching ``off`` (one request, one forward pass) or ``dynamic``."""
+    if batching == "off":
+        return ["--max-batch-size", "1"]
+    return ["--max-batch-size", str(args.max_batch_size), "--max-latency-ms", f"{args.max_latency_ms:g}",
+            "--forward-batch-size", str(args.forward_batch_size)]
+
+
 def measure_config(args, backend: str, batching: str, lua: Path, bodies: Path, out: Path) -> list[Row]:
-    size = 1 if batching == "off" else args.max_batch_size
     rows = []
-    with Server(args.run_dir, backend, args.tflite, size, args.max_latency_ms,
+    with Server(args.run_dir, backend, args.tflite, batching_flags(args, batching),
                 out / f"server_{backend}_{batching}.log") as server:
         print(f"{backend}, batching {batching}: {server.url} (pid {server.pid})", flush=True)
         for c in args.concurrency:
@@ -477,7 +482,7 @@ def soak(args, backend: str, peak: float, lua: Path, bodies: Path, out: Path) ->
     rate = args.soak_fraction * peak
     samples: list = []
     stop = threading.Event()
-    with Server(args.run_dir, backend, args.tflite, args.max_batch_size, args.max_latency_ms,
+    with Server(args.run_dir, backend, args.tflite, batching_flags(args, "dynamic"),
                 out / f"server_{backend}_soak.log") as server:
         print(f"soak: {backend}, dynamic batching, {rate:.1f} req/s ({args.soak_fraction:.0%} of "
               f"{peak:.1f}) for {args.soak_seconds:g} s: {server.url} (pid {server.pid})", flush=True)
@@ -521,8 +526,8 @@ def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, w
     lines = [f"{common.machine_line(info)}; wrk and the server share these {info['cores']} cores "
              f"(wrk: 2 threads, 1 at an odd concurrency)", "",
              f"- Server: `python -m tfllm.serve {args.run_dir} --port 0 {' '.join(SERVE_FLAGS)}`, one process; "
-             f"Keras = the run's model, TFLite = `--tflite {args.tflite}`; batching off = `--max-batch-size 1`, "
-             f"dynamic = `--max-batch-size {args.max_batch_size} --max-latency-ms {args.max_latency_ms:g}`.",
+             f"Keras = the run's model, TFLite = `--tflite {args.tflite}`; batching off = "
+             f"`{' '.join(batching_flags(args, 'off'))}`, dynamic = `{' '.join(batching_flags(args, 'dynamic'))}`.",
              f"- Load: {wrk_version} on loopback, `POST /v1/models/NAME:predict`, one SST-2 dev sentence per "
              f"request ({sentences} sentences, cycled), keep-alive; per row a {args.warmup:g} s warm-up, then "
              f"{args.duration:g} s measured; wrk `--timeout {WRK_TIMEOUT_S}s`. req/s: 2xx answers per second; "
@@ -633,6 +638,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before each measurement (3)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching's --max-batch-size (32)")
     parser.add_argument("--max-latency-ms", type=float, default=5, help="dynamic batching's --max-latency-ms (5)")
+    parser.add_argument("--forward-batch-size", type=int, default=16,
+                        help="dynamic batching's --forward-batch-size (16)")
     parser.add_argument("--soak-seconds", type=float, default=600, help="soak length (600; 0: no soak)")
     parser.add_argument("--soak-fraction", type=float, default=0.7, help="soak rate, fraction of peak (0.7)")
     parser.add_argument("--soak-backend", default="keras", choices=("keras", "tflite", "fastest"),
