@@ -28,7 +28,7 @@ soak); ``--quick`` about 2.
    measured; wrk uses 2 threads (1 at an odd c, such as c=1). Latency is wrk's: from writing the
    request to the end of the response, client side. req/s counts 2xx answers only.
 3. **Mean batch size**: ``/metrics`` is scraped before and after each measured run; the
-   ``tfllm_serve_batch_size`` histogram's sum / count deltas are the texts per forward pass the
+   ``tfllm_serve_batch_size`` histogram's sum / count deltas are the texts per batch the
    server actually ran (1.0 with batching off; more when dynamic batching batched).
 4. **Soak**: a fresh server of the soak backend (``--soak-backend``: ``keras`` by default,
    ``tflite``, or ``fastest``, the one whose dynamic-batching peak was higher) with dynamic
@@ -531,8 +531,8 @@ def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, w
              f"- Load: {wrk_version} on loopback, `POST /v1/models/NAME:predict`, one SST-2 dev sentence per "
              f"request ({sentences} sentences, cycled), keep-alive; per row a {args.warmup:g} s warm-up, then "
              f"{args.duration:g} s measured; wrk `--timeout {WRK_TIMEOUT_S}s`. req/s: 2xx answers per second; "
-             "latency: wrk's, request written to response read (client side); mean batch: texts per forward "
-             "pass over the measured run (`tfllm_serve_batch_size` sum / count deltas from `/metrics`).",
+             "latency: wrk's, request written to response read (client side); mean batch: texts per batch "
+             "(one call of the Predictor) over the measured run (`tfllm_serve_batch_size` sum / count deltas from `/metrics`).",
              "", common.markdown_table(
                  ["backend", "batching", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "mean batch",
                   "errors"],
