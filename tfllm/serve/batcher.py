@@ -2,10 +2,10 @@
 them into forward passes.
 
 The batcher waits for a request, then up to ``max_latency`` more for others, until the waiting
-texts reach ``max_batch_size``; it runs :meth:`Predictor.predict` on all of them at once in its own
-worker thread and hands each request its rows. The Predictor sorts the batch by length and runs
-it as forward passes of at most ``forward_batch_size`` texts, each padded to its own longest text
-(``benchmarks/batch_ceiling.py`` measures the policies).
+texts reach ``max_batch_size``; it runs :meth:`Predictor.predict_encoded` on all of them at once
+in its own worker thread and hands each request its rows. The Predictor sorts the batch by length
+and runs it as forward passes of at most ``forward_batch_size`` texts, each padded to its own
+longest text (``benchmarks/batch_gain.py`` compares the policies for the model alone).
 While a batch runs, the next one gathers, so under load batches fill up without waiting. A
 request is never split: one bigger than ``max_batch_size`` runs alone, so ``max_batch_size=1``
 turns batching off (one request, one forward pass).
@@ -90,7 +90,7 @@ class Batcher:
         texts = [WARM_UP_TEXT] * self.max_batch_size
         pairs = texts if self.predictor.pair_task else None
         await asyncio.get_running_loop().run_in_executor(
-            self.executor, lambda: self.predictor.predict(texts, pairs, self.forward_batch_size))
+            self.executor, lambda: self.predictor.predict_encoded(texts, pairs, self.forward_batch_size))
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"batcher-{self.name}")
