@@ -649,6 +649,7 @@ def parse_args(argv=None):
     parser.add_argument("--model-seconds", type=float, default=10,
                         help="seconds per row of the model alone, benchmarks/batch_gain.py (10; 0: skip)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tfllm-serve-bench"), help="report and server logs")
+    parser.add_argument("--name", default="serve", help="report name: benchmarks/results/NAME.md (serve)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 5 s rows, 2 s warm-ups, c=1,8, a 20 s soak; not written to results")
     args = parser.parse_args(argv)
@@ -712,7 +713,7 @@ def main(argv=None) -> None:
     path.write_text(text + "\n", encoding="utf-8")
     print("wrote", path)
     if not args.quick:
-        print("wrote", common.write_report("serve", text, "Serving benchmark: wrk against python -m tfllm.serve",
+        print("wrote", common.write_report(args.name, text, "Serving benchmark: wrk against python -m tfllm.serve",
                                            started=started))
 
 
