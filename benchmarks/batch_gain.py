@@ -36,9 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
 from tfllm.inference import Predictor  # noqa: E402
+from tfllm.serve.config import Settings  # noqa: E402
 
+# Shared with benchmarks/serve.py: the SST-2 dev sentences and the fine-tuned run it serves.
 DEV_TSV = common.SHARED_DATA / "sst2" / "dev.tsv"
 DEFAULT_RUN = common.ROOT / "runs" / "sst2"
+DEFAULT_TFLITE = Path("export") / "model_int8.tflite"  # inside the run directory
 
 
 def read_sentences(data: Path) -> list[str]:
@@ -98,7 +101,9 @@ def parse_args(argv=None):
     parser.add_argument("--data", type=Path, default=DEV_TSV, help="TSV with a 'sentence' column (SST-2 dev)")
     parser.add_argument("--backends", default="keras,tflite", help="comma list of keras, tflite")
     parser.add_argument("--batch", type=int, default=32, help="the batcher's max batch size (32)")
-    parser.add_argument("--groups", default="8", help="comma list of sorted group sizes (8)")
+    group = Settings().forward_batch_size
+    parser.add_argument("--groups", default=str(group),
+                        help=f"comma list of sorted group sizes (the server's --forward-batch-size, {group})")
     parser.add_argument("--seconds", type=float, default=15, help="seconds measured per row (15)")
     parser.add_argument("--out", type=Path, help="also write the rows here as JSON")
     return parser.parse_args(argv)
@@ -109,7 +114,7 @@ def main(argv=None) -> None:
     print(common.machine_line(), flush=True)
     sentences = read_sentences(args.data)
     groups = [int(g) for g in args.groups.split(",") if g.strip()]
-    paths = {"keras": args.run_dir, "tflite": args.tflite or args.run_dir / "export" / "model_int8.tflite"}
+    paths = {"keras": args.run_dir, "tflite": args.tflite or args.run_dir / DEFAULT_TFLITE}
     rows = []
     for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
         rows += measure(name, Predictor.load(paths[name]), sentences, args.batch, groups, args.seconds)

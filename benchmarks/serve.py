@@ -95,11 +95,8 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
-from benchmarks.batch_gain import read_sentences  # noqa: E402
+from benchmarks.batch_gain import DEFAULT_RUN, DEFAULT_TFLITE, DEV_TSV, read_sentences  # noqa: E402
 
-DEV_TSV = common.SHARED_DATA / "sst2" / "dev.tsv"
-DEFAULT_RUN = common.ROOT / "runs" / "sst2"
-DEFAULT_TFLITE = Path("export") / "model_int8.tflite"
 SERVE_FLAGS = ["--max-queue", "1024", "--timeout-ms", "30000"]
 WRK_TIMEOUT_S = 60
 READY_TIMEOUT_S = 600.0
