@@ -270,7 +270,7 @@ def _check_loaded(report) -> None:
 
 
 def run_same_slice(cfg: Config, data: Slice, tokenizer) -> tuple[list[Measurement], Architecture]:
-    multiple, longest = cfg.data.pad_to_multiple_of, cfg.data.max_length
+    multiple, longest = cfg.padding_multiple, cfg.data.max_length
     tfllm_note = "AdamW + clip + accuracy/F1 metrics"
     results = []
     log.info("same-slice variant a: HF docs recipe (the baseline)")
@@ -304,7 +304,7 @@ def run_finetune(cfg: Config, arch: Architecture, tokenizer) -> tuple[dict, Meas
     splits = load_labelled_splits(cfg.data, cfg.train.seed)  # the run's own train split
     encoded = encode_texts(tokenizer, splits.train.texts, None, cfg.data.max_length)
     plan = BatchPlan(encoded.lengths, BATCH, cfg.train.seed, True, cfg.data.bucketing, cfg.data.bucket_window)
-    padding = plan_padding(encoded, plan.epoch(0), cfg.data.pad_to_multiple_of)
+    padding = plan_padding(encoded, plan.epoch(0), cfg.padding_multiple)
     run = {"run_dir": run_dir, "accuracy": metrics["dev"]["accuracy"], "macro_f1": metrics["dev"]["macro_f1"],
            "dev_examples": metrics["dev"]["examples"], "wall_s": metrics["train_seconds"],
            "steps": metrics["steps"], "evaluations": len(metrics["history"]),

@@ -67,7 +67,7 @@ def build(args):
 
 def first_batches(data, cfg, count: int) -> list:
     """The train plan's first ``count`` batches (features, labels, weights), as tensors."""
-    dataset = make_dataset(data.train.encoded, data.train.plan, multiple=cfg.data.pad_to_multiple_of,
+    dataset = make_dataset(data.train.encoded, data.train.plan, multiple=cfg.padding_multiple,
                            map_fn=data.train.map_fn)
     return list(dataset.take(count))
 

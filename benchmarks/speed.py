@@ -134,9 +134,9 @@ def tfllm_finetune(out: Path, slice_file: Path, precision: str, fused: bool) -> 
 
 
 def plan_padded_length(cfg) -> float:
-    """Mean padded length of the run's training batches (bucketed, multiple of 8)."""
+    """Mean padded length of the run's training batches (bucketed, to cfg.padding_multiple)."""
     train = task_for(cfg).load_data().train
-    return plan_padding(train.encoded, train.plan.epoch(0), cfg.data.pad_to_multiple_of)["mean_length"]
+    return plan_padding(train.encoded, train.plan.epoch(0), cfg.padding_multiple)["mean_length"]
 
 
 def tfllm_predict(run_dir: Path) -> Row:

@@ -49,7 +49,7 @@ class DataConfig:
     max_length: int = 128
     bucketing: bool = True                       # batch similar lengths, pad to each batch's longest
     bucket_window: int = 64                      # batches per length-sorting window
-    pad_to_multiple_of: int = 8
+    pad_to_multiple_of: Optional[int] = None     # None: 8 with train.jit_compile (fewer shapes), else 1
     # --- masked-LM pretraining (train.task=masked_lm); train_file may be a glob or a,b,c list ---
     corpus_mode: Literal["blocks", "line_by_line"] = "blocks"  # concatenate+chunk, or one doc a sequence
     documents: Literal["line", "blank_line"] = "line"  # a document per line, or blank-line separated
@@ -195,6 +195,15 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
+
+    @property
+    def padding_multiple(self) -> int:
+        """Batches are padded to a multiple of this: ``data.pad_to_multiple_of`` if set, else 8
+        under XLA (each new shape compiles) and 1 otherwise: on a CPU padding is only work (a
+        mean 17.0 tokens instead of 13.7 on SST-2 with 8). On a GPU, set 8 for its tensor cores."""
+        if self.data.pad_to_multiple_of:
+            return self.data.pad_to_multiple_of
+        return 8 if self.train.jit_compile else 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -61,7 +61,7 @@ class Predictor:
     def from_run(cls, run: Run, model=None) -> "Predictor":
         """A loaded run, predicting with ``model`` (a Keras model) or the run's own."""
         model = model if model is not None else run.task.wrap_model(run.hf_model)
-        return cls(run.task, run.tokenizer, KerasBackend(model, run.cfg.data.pad_to_multiple_of),
+        return cls(run.task, run.tokenizer, KerasBackend(model, run.cfg.padding_multiple),
                    run.path, run)
 
     @property

@@ -79,7 +79,7 @@ def train_and_save(cfg: Config, task: Task, data, strategy, chief: bool, overwri
     task.save_artifacts(run_dir, data)
     monitor, higher = monitored_metric(cfg, task)
     trainer = Trainer(compression.model, compression.train_config(cfg.train), run_dir, strategy,
-                      monitor, higher, cfg.data.pad_to_multiple_of,
+                      monitor, higher, cfg.padding_multiple,
                       restore_dir=cfg.run_dir / rundir.CHECKPOINTS,
                       step_callbacks=compression.step_callbacks, final_eval_follows=True)
     state = trainer.fit(data.train, data.dev, resume=resume,

@@ -156,7 +156,7 @@ class SavedModelBackend:
         signature = loaded.signatures.get("serving_default")
         if signature is None or "input_ids" not in signature.structured_input_signature[1]:
             raise TfllmError(f"{path}: not a token-id SavedModel (no input_ids); use {IDS_DIR}/<version>")
-        backend = cls(signature, task.cfg.data.pad_to_multiple_of)
+        backend = cls(signature, task.cfg.padding_multiple)
         backend.loaded = loaded  # keeps the signature's variables alive
         return backend, task, load_tokenizer(path / "assets.extra" / "tokenizer")
 

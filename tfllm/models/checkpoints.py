@@ -25,6 +25,7 @@ from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf
 from tfllm import rundir
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError, first_line
+from tfllm.models.precision import gelu_in_float32
 
 log = logging.getLogger("tfllm")
 
@@ -112,7 +113,7 @@ def from_pretrained(model_cls, directory: str, **kwargs):
 
 def load_trained(model_cls, model_dir):
     """A trained model from a run's ``model/`` (a ``save_pretrained`` folder): every weight of
-    ``model_cls`` must be in its ``tf_model.h5``."""
+    ``model_cls`` must be in its ``tf_model.h5``. Its GELU computes in float32 (models.precision)."""
     source = resolve_checkpoint(str(model_dir))
     if not (Path(source) / "tf_model.h5").is_file():
         raise TfllmError(f"{Path(source) / 'tf_model.h5'}: not found; the run did not finish saving")
@@ -121,7 +122,7 @@ def load_trained(model_cls, model_dir):
         missing = sorted(info["missing_keys"])
         raise TfllmError(f"{Path(source) / 'tf_model.h5'}: no weights for {', '.join(missing[:3])}"
                          f"{' ...' if len(missing) > 3 else ''}; not a {model_cls.__name__} checkpoint")
-    return model
+    return gelu_in_float32(model)
 
 
 def load_bert_config(spec: str, **overrides):
@@ -137,7 +138,13 @@ def load_bert_config(spec: str, **overrides):
 
 
 def load_pretrained(model_cls, spec: str, **config_overrides):
-    """Build ``model_cls`` (a TFBert* class) from a checkpoint; returns ``(model, LoadReport)``."""
+    """Build ``model_cls`` (a TFBert* class) from a checkpoint; returns ``(model, LoadReport)``.
+    The model's GELU computes in float32 (see :mod:`tfllm.models.precision`)."""
+    model, report = _build_from_checkpoint(model_cls, spec, **config_overrides)
+    return gelu_in_float32(model), report
+
+
+def _build_from_checkpoint(model_cls, spec: str, **config_overrides):
     source = resolve_checkpoint(spec)
     config = load_bert_config(spec, **config_overrides)
     local = Path(source)

@@ -154,7 +154,7 @@ class Task:
     def outputs_of(self, model, tokenizer, encoded: Encoded, batch_size: Optional[int] = None):
         """Per-example outputs of a Keras ``model`` (see :func:`keras_outputs`)."""
         return keras_outputs(model, encoded, batch_size or self.cfg.train.eval_batch_size,
-                             self.cfg.data.pad_to_multiple_of)
+                             self.cfg.padding_multiple)
 
 
 _INFERENCE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its tf.function

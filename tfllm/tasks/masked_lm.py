@@ -208,7 +208,7 @@ def heldout_metrics(cfg: Config, checkpoint: str | None = None) -> dict:
         model, report = build_masked_lm(cfg.model, data.tokenizer, cfg.data.nsp)
     log.info(report.summary())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, cfg.train, Path(tmp), strategy, multiple=cfg.data.pad_to_multiple_of)
+        trainer = Trainer(model, cfg.train, Path(tmp), strategy, multiple=cfg.padding_multiple)
         trainer.compile(1, sample_features(data.dev.encoded))
         metrics, _ = trainer.evaluate(data.dev)
     return metrics

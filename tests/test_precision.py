@@ -1,0 +1,65 @@
+"""Where a bfloat16 model computes in float32 (models/precision.py), and the padding default."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from transformers import BertConfig, TFBertForMaskedLM, TFBertForSequenceClassification
+
+from tfllm.config import load_config
+from tfllm.models.checkpoints import load_pretrained
+from tfllm.models.precision import float32_gelu, gelu_in_float32
+
+TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0]])
+
+
+def build(policy: str, model_cls=TFBertForSequenceClassification, **config):
+    tf_keras.mixed_precision.set_global_policy(policy)
+    try:
+        tf.keras.utils.set_random_seed(0)
+        model = model_cls(BertConfig(**{**TINY, **config}))
+        model(model.dummy_inputs, training=False)
+        return model
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def op_dtypes(model, op_type: str) -> list:
+    """The dtypes of every ``op_type`` op in the graph of one forward pass."""
+    graph = tf.function(lambda ids: model(ids, training=False).logits).get_concrete_function(IDS).graph
+    return [op.get_attr("T") for op in graph.get_operations() if op.type == op_type]
+
+
+def test_bf16_gelu_runs_in_float32_and_matches_the_bf16_one():
+    plain = build("mixed_bfloat16")
+    assert op_dtypes(plain, "Erfc") == [tf.bfloat16] * 2  # Hugging Face's GELU, in bf16
+    swapped = gelu_in_float32(build("mixed_bfloat16"))
+    assert all(layer.intermediate.intermediate_act_fn is float32_gelu for layer in swapped.bert.encoder.layer)
+    assert op_dtypes(swapped, "Erfc") == [tf.float32] * 2
+    a, b = (m(IDS, training=False).logits.numpy().astype(np.float32) for m in (plain, swapped))
+    np.testing.assert_allclose(a, b, atol=0.05)  # same function; bf16 rounds differently
+
+
+def test_float32_model_is_unchanged():
+    plain, swapped = build("float32"), gelu_in_float32(build("float32"))
+    np.testing.assert_array_equal(plain(IDS).logits.numpy(), swapped(IDS).logits.numpy())
+    assert op_dtypes(swapped, "Erfc") == [tf.float32] * 2
+
+
+def test_masked_lm_head_and_other_activations():
+    mlm = gelu_in_float32(build("float32", TFBertForMaskedLM))
+    assert mlm.mlm.predictions.transform.transform_act_fn is float32_gelu
+    relu = gelu_in_float32(build("float32", hidden_act="relu"))
+    assert all(layer.intermediate.intermediate_act_fn is not float32_gelu for layer in relu.bert.encoder.layer)
+
+
+def test_loaded_checkpoints_get_it(tiny_checkpoint):
+    model, _ = load_pretrained(TFBertForSequenceClassification, tiny_checkpoint, num_labels=2)
+    assert all(layer.intermediate.intermediate_act_fn is float32_gelu for layer in model.bert.encoder.layer)
+
+
+@pytest.mark.parametrize("overrides, multiple", [
+    ([], 1), (["train.jit_compile=true"], 8), (["data.pad_to_multiple_of=16"], 16),
+    (["data.pad_to_multiple_of=4", "train.jit_compile=true"], 4)])
+def test_padding_multiple_default_follows_xla(overrides, multiple):
+    assert load_config(None, overrides).padding_multiple == multiple
