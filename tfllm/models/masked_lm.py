@@ -43,8 +43,8 @@ from tfllm.data.masking import IGNORE
 from tfllm.errors import TfllmError
 from tfllm.models.base import TaskModel
 from tfllm.models.checkpoints import LoadReport, load_pretrained
-from tfllm.models.precision import gelu_in_float32
 from tfllm.models.freezing import apply_freezing
+from tfllm.models.precision import gelu_in_float32
 
 log = logging.getLogger("tfllm")
 

@@ -1,12 +1,13 @@
 """Where a bfloat16 model computes in float32 instead, because that is faster on a CPU.
 
 Under ``mixed_bfloat16`` every op of Hugging Face's BERT runs in bfloat16. TensorFlow's CPU
-kernels for matrix products use oneDNN's bfloat16 instructions, but its element-wise kernels for
-bfloat16 convert element by element: the exact GELU (``Erfc`` of the 1536-wide intermediate
-activations, forward and backward) took 5% of a MiniLM fine-tuning step on an AVX512-BF16 EPYC,
-ten times what the same op costs in float32. :func:`gelu_in_float32` makes the GELU cast its
-input to float32, compute, and cast back: same function, more exact, faster. A float32 model is
-left exactly as it was (the activation computes as before when its input is float32).
+matrix products use oneDNN's bfloat16 instructions, but its bfloat16 ``Erfc`` (the exact GELU
+of the 1536-wide intermediate activations) is slow: in a MiniLM fine-tuning step on an
+AVX512-BF16 EPYC it took 21 ms for 6 calls, 5 ms once computed in float32
+(``benchmarks/profile_train.py --precision bf16``). :func:`gelu_in_float32` makes the GELU cast
+its input to float32, compute, and cast back: the same function, rounded once instead of at
+every op. A float32 model is left exactly as it was (the activation computes as before when its
+input is float32).
 
     >>> bert = gelu_in_float32(TFBertForSequenceClassification(config))
 """
