@@ -17,8 +17,8 @@ turns batching off (one request, one forward pass).
 
 A full queue raises :class:`QueueFull` (503), a request not answered within ``timeout_s``
 :class:`Timeout` (504; it is dropped from the queue if it has not started), a stopping batcher
-:class:`Stopped`. :meth:`stop` answers every queued request before it returns. A forward pass
-that fails is retried request by request, so its error (500) reaches only the request that
+:class:`Stopped`. :meth:`stop` answers every queued request before it returns. A batch whose
+prediction fails is retried request by request, so its error (500) reaches only the request that
 causes it, not the others batched with it.
 
 ``TFLLM_SERVE_DELAY_MS`` (tests only, like ``TFLLM_KILL_AT``) sleeps that long before each
@@ -172,8 +172,8 @@ class Batcher:
         return batch
 
     async def execute(self, batch: list[Pending]) -> None:
-        """One forward pass for the whole batch; each request gets its rows. If the pass fails,
-        each request runs alone, so a failure (500) reaches only the requests that cause it."""
+        """One Predictor call for the whole batch; each request gets its rows. If it fails, each
+        request runs alone, so a failure (500) reaches only the requests that cause it."""
         loop = asyncio.get_running_loop()
         for request in batch:
             self.metrics.queue_wait.labels(self.name).observe(loop.time() - request.arrived)
@@ -184,7 +184,7 @@ class Batcher:
                     await self.answer([request], last_try=True)
 
     async def answer(self, batch: list[Pending], last_try: bool) -> bool:
-        """Run ``batch`` and hand each request its rows. If the forward pass fails: on the last try
+        """Run ``batch`` and hand each request its rows. If the prediction fails: on the last try
         each request gets the error, else nothing happens and this returns False."""
         texts = [t for request in batch for t in request.texts]
         pairs = None if batch[0].pairs is None else [p for request in batch for p in request.pairs]
@@ -208,7 +208,7 @@ class Batcher:
         return True
 
     def predict(self, texts: list, pairs: Optional[list]) -> tuple[list[dict], float, int]:
-        """In the worker thread: the rows, the forward pass's seconds, and how many texts were
+        """In the worker thread: the rows, the seconds its forward passes took, and how many texts were
         longer than the model's ``max_length`` tokens."""
         if self.delay_s:
             time.sleep(self.delay_s)

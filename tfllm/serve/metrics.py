@@ -5,7 +5,7 @@
 ``tfllm_serve_rejected_requests_total``        refused requests by ``model`` and ``reason`` (bad input, queue full...)
 ``tfllm_serve_request_seconds``                end-to-end latency of model routes, by ``model``, ``route``
 ``tfllm_serve_queue_wait_seconds``             time a request waited in its model's queue
-``tfllm_serve_inference_seconds``              one batch's forward pass (the Predictor, in a worker thread)
+``tfllm_serve_inference_seconds``              one batch's forward passes (one Predictor call, in a worker thread)
 ``tfllm_serve_batch_size``                     texts per batch (one call of the Predictor)
 ``tfllm_serve_queue_depth``                    requests waiting, per model (``..._queue_capacity``: --max-queue)
 ``tfllm_serve_texts_total``                    texts predicted
@@ -73,7 +73,7 @@ class ServeMetrics:
         self.rejected = counter("rejected_requests", "Requests refused, by model and reason", ["model", "reason"])
         self.request_seconds = histogram("request_seconds", "End-to-end latency of model routes", ["model", "route"])
         self.queue_wait = histogram("queue_wait_seconds", "Time a request waited in its model's queue", ["model"])
-        self.inference = histogram("inference_seconds", "One batch's forward pass", ["model"])
+        self.inference = histogram("inference_seconds", "One batch's forward passes", ["model"])
         self.batch_size = histogram("batch_size", "Texts per batch", ["model"], BATCH_BUCKETS)
         self.queue_depth = gauge("queue_depth", "Requests waiting in the model's queue", ["model"])
         self.queue_capacity = gauge("queue_capacity", "Requests the model's queue holds (--max-queue)", ["model"])
