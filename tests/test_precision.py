@@ -14,6 +14,7 @@ IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0]])
 
 
 def build(policy: str, model_cls=TFBertForSequenceClassification, **config):
+    previous = tf_keras.mixed_precision.global_policy()
     tf_keras.mixed_precision.set_global_policy(policy)
     try:
         tf.keras.utils.set_random_seed(0)
@@ -21,7 +22,7 @@ def build(policy: str, model_cls=TFBertForSequenceClassification, **config):
         model(model.dummy_inputs, training=False)
         return model
     finally:
-        tf_keras.mixed_precision.set_global_policy("float32")
+        tf_keras.mixed_precision.set_global_policy(previous)
 
 
 def op_dtypes(model, op_type: str) -> list:
