@@ -75,7 +75,9 @@ def restore_root_logging():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
-    """A save_pretrained directory of a 2-layer, 32-wide random BERT with the real vocabulary."""
+    """A save_pretrained directory of a 2-layer, 32-wide random BERT with the real vocabulary,
+    the same weights in every process (seeded), so a result does not depend on test order."""
+    import tf_keras
     from transformers import BertConfig, TFBertModel
 
     from tfllm.data.tokenization import load_tokenizer
@@ -85,6 +87,7 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     tokenizer = load_tokenizer(resolve_checkpoint("packaged:minilm-l6"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    tf_keras.utils.set_random_seed(20261203)
     model = TFBertModel(config)
     model(model.dummy_inputs)
     model.save_pretrained(str(path))
