@@ -12,7 +12,7 @@ from conftest import (assert_same_run, main_in_process, read_scalars, simulate_k
                       tiny_overrides, write_tsv)
 from tfllm.config import ModelConfig, load_config
 from tfllm.data.pipeline import BatchPlan, make_dataset
-from tfllm.data.tokenization import encode_texts, load_tokenizer
+from tfllm.data.tokenization import Encoded, encode_texts, load_tokenizer
 from tfllm.errors import TfllmError
 from tfllm.models.classifier import BertClassifier, build_classifier
 from tfllm.train import run_training
@@ -69,6 +69,21 @@ def test_autograph_does_not_convert_the_hugging_face_model(tiny_checkpoint, monk
     tf.function(lambda x: model(x, training=False))(features)
     assert any("make_train_function" in name for name in converted)  # the spy sees conversions
     assert not [name for name in converted if name.startswith("transformers.")]
+
+
+def test_inference_is_traced_once_for_every_batch_size_and_length(tiny_checkpoint):
+    """Predicting batches of new sizes and lengths after a first call does not trace the model
+    again (a retrace costs seconds: a first 872-sentence predict ran at half speed)."""
+    from tfllm.tasks.base import _INFERENCE, keras_outputs
+
+    enc, _ = tiny_batches(tiny_checkpoint, n=24)
+    model = classifier(tiny_checkpoint)
+    head = Encoded(enc.input_ids[:4], enc.token_type_ids[:4])
+    first = keras_outputs(model, head, batch_size=4, multiple=1)
+    outputs = keras_outputs(model, enc, batch_size=5, multiple=1)  # batches of 5 and 4, lengths 4 to 10
+    (forward,) = _INFERENCE[model].values()
+    assert forward.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(outputs[:4], first, atol=1e-5)  # same rows whatever the batch
 
 
 def test_freezing_keeps_embeddings_and_bottom_layer(tiny_checkpoint):
