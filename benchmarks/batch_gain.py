@@ -15,9 +15,11 @@ dev sentences in their file order, cycled:
 * **batch B, sorted groups of G**: the same chunks with ``batch_size=G``: the Predictor sorts the
   chunk by length and runs B/G passes, each padded only to its group's longest text.
 
+The Keras model runs in float32 and, on a CPU with bf16 instructions, in bfloat16 too (what the
+service's ``--precision auto`` picks when batching; one text at a time it stays in float32).
 Each row runs ``--seconds`` after a warm-up pass over every chunk shape. sentences/s is the
-throughput; the ratio to batch 1 is what batching gains for the model alone, with nothing else
-running. It is not a bound on the service's gain: there a batch-1 forward pass (hundreds of small
+throughput; the ratio to the fastest batch-1 row of the backend is what batching gains for the
+model alone, with nothing else running. It is not a bound on the service's gain: there a batch-1 forward pass (hundreds of small
 ops on 2 threads) also competes for the cores with the event loop and the load generator, and
 suffers more from it than a few large passes do (``benchmarks/serve.py`` prints both).
 
@@ -35,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
+from tfllm.hardware import bf16_hardware  # noqa: E402
 from tfllm.inference import Predictor  # noqa: E402
 from tfllm.serve.config import Settings  # noqa: E402
 
@@ -82,16 +85,29 @@ def throughput(predictor: Predictor, batches: list[list[str]], group: int, secon
 
 def measure(name: str, predictor: Predictor, sentences: list[str], batch: int, groups: list[int],
             seconds: float) -> list[dict]:
-    rows = [{"backend": name, "policy": "batch 1", "batch": 1, "group": 1,
+    precision = predictor.precision if name == "keras" else "as exported"
+    rows = [{"backend": name, "precision": precision, "policy": "batch 1", "batch": 1, "group": 1,
              "sentences_per_s": throughput(predictor, chunks(sentences, 1), 1, seconds)}]
     for group in [batch, *groups]:
         policy = f"batch {batch}, one pass" if group == batch else f"batch {batch}, sorted groups of {group}"
-        rows.append({"backend": name, "policy": policy, "batch": batch, "group": group,
+        rows.append({"backend": name, "precision": precision, "policy": policy, "batch": batch, "group": group,
                      "sentences_per_s": throughput(predictor, chunks(sentences, batch), group, seconds)})
     for row in rows:
-        row["ratio"] = row["sentences_per_s"] / rows[0]["sentences_per_s"]
-        print(f"{name:7s} {row['policy']:32s} {row['sentences_per_s']:8.1f} sentences/s  x{row['ratio']:.2f}", flush=True)
+        print(f"{name:7s} {precision:11s} {row['policy']:32s} {row['sentences_per_s']:8.1f} sentences/s", flush=True)
     return rows
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's ``ratio``: its throughput over the backend's fastest batch-1 row (any precision)."""
+    for row in rows:
+        single = max(r["sentences_per_s"] for r in rows if r["backend"] == row["backend"] and r["batch"] == 1)
+        row["ratio"] = row["sentences_per_s"] / single
+    return rows
+
+
+def keras_precisions() -> list[str]:
+    """float32, and bfloat16 where the CPU has bf16 instructions (what ``auto`` picks when batching)."""
+    return ["float32"] + (["bfloat16"] if bf16_hardware() else [])
 
 
 def parse_args(argv=None):
@@ -117,10 +133,13 @@ def main(argv=None) -> None:
     paths = {"keras": args.run_dir, "tflite": args.tflite or args.run_dir / DEFAULT_TFLITE}
     rows = []
     for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        rows += measure(name, Predictor.load(paths[name]), sentences, args.batch, groups, args.seconds)
-    print(common.markdown_table(["backend", "policy", "sentences/s", "x batch 1"],
-                                [[r["backend"], r["policy"], f"{r['sentences_per_s']:.1f}", f"{r['ratio']:.2f}"]
-                                 for r in rows]))
+        for precision in keras_precisions() if name == "keras" else ["float32"]:
+            predictor = Predictor.load(paths[name], precision=precision)
+            rows += measure(name, predictor, sentences, args.batch, groups, args.seconds)
+    rows = with_ratios(rows)
+    print(common.markdown_table(["backend", "precision", "policy", "sentences/s", "x batch 1"],
+                                [[r["backend"], r["precision"], r["policy"], f"{r['sentences_per_s']:.1f}",
+                                  f"{r['ratio']:.2f}"] for r in rows]))
     best = {}
     for row in rows:
         best[row["backend"]] = max(best.get(row["backend"], 0.0), row["ratio"])

@@ -270,11 +270,22 @@ class Server:
             return None
         return None
 
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
+            return response.read().decode("utf-8")
+
     def metrics(self) -> dict:
         """The counters this benchmark reads from ``/metrics``, for this server's model."""
-        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
-            text = response.read().decode("utf-8")
-        return parse_metrics(text, self.model)
+        return parse_metrics(self.metrics_text(), self.model)
+
+    def precision(self) -> str:
+        """What the served model computes in (the ``precision`` label of ``tfllm_serve_model_info``)."""
+        for line in self.metrics_text().splitlines():
+            if line.startswith("tfllm_serve_model_info{"):
+                labels = dict(LABELS.findall(line))
+                if labels.get("model") == self.model:
+                    return labels.get("precision", "?")
+        return "?"
 
 
 def http_status(url: str) -> Optional[int]:
@@ -416,6 +427,7 @@ class Row:
     wrk: WrkResult
     mean_batch: float
     server_codes: dict  # predict responses by HTTP code, from /metrics
+    precision: str = "?"  # what the model computed in (the server's --precision auto decides)
 
     def errors_text(self) -> str:
         """wrk's errors, plus the server's non-200 answers if wrk saw none of them."""
@@ -447,7 +459,7 @@ def measure_config(args, backend: str, batching: str, lua: Path, bodies: Path, o
             server.check_alive()
             mean_batch = delta["batch_sum"] / delta["batch_count"] if delta["batch_count"] else float("nan")
             codes = {k[5:]: int(v) for k, v in delta.items() if k.startswith("code_") and v}
-            rows.append(Row(backend, batching, c, result, mean_batch, codes))
+            rows.append(Row(backend, batching, c, result, mean_batch, codes, server.precision()))
             print(f"  c={c}: {result.rps:.1f} req/s, p50 {result.ms(50):.1f} ms, p99 {result.ms(99):.1f} ms, "
                   f"mean batch {mean_batch:.2f}, errors {result.errors_text()}", flush=True)
     return rows
@@ -523,7 +535,8 @@ def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, w
     lines = [f"{common.machine_line(info)}; wrk and the server share these {info['cores']} cores "
              f"(wrk: 2 threads, 1 at an odd concurrency)", "",
              f"- Server: `python -m tfllm.serve {args.run_dir} --port 0 {' '.join(SERVE_FLAGS)}`, one process; "
-             f"Keras = the run's model, TFLite = `--tflite {args.tflite}`; batching off = "
+             f"Keras = the run's model, computing in what `--precision auto` (the default) picks: bf16 on a CPU with bf16 "
+             f"instructions when batching, else float32 (column precision); TFLite = `--tflite {args.tflite}`; batching off = "
              f"`{' '.join(batching_flags(args, 'off'))}`, dynamic = `{' '.join(batching_flags(args, 'dynamic'))}`.",
              f"- Load: {wrk_version} on loopback, `POST /v1/models/NAME:predict`, one SST-2 dev sentence per "
              f"request ({sentences} sentences, cycled), keep-alive; per row a {args.warmup:g} s warm-up, then "
@@ -531,9 +544,9 @@ def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, w
              "latency: wrk's, request written to response read (client side); mean batch: texts per batch "
              "(one call of the Predictor) over the measured run (`tfllm_serve_batch_size` sum / count deltas from `/metrics`).",
              "", common.markdown_table(
-                 ["backend", "batching", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "mean batch",
-                  "errors"],
-                 [[r.backend, r.batching, r.concurrency, fmt(r.wrk.rps), fmt(r.wrk.ms(50)), fmt(r.wrk.ms(95)),
+                 ["backend", "precision", "batching", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms",
+                  "mean batch", "errors"],
+                 [[r.backend, r.precision, r.batching, r.concurrency, fmt(r.wrk.rps), fmt(r.wrk.ms(50)), fmt(r.wrk.ms(95)),
                    fmt(r.wrk.ms(99)), fmt(r.mean_batch, 2), r.errors_text()] for r in rows]), ""]
     if "tflite" in args.backends:
         lines += ["Note: tfllm's TFLite backend runs each text at batch 1 at its own length (no padding; "
@@ -545,9 +558,9 @@ def report(args, rows: list[Row], soak_result: Optional[Soak], sentences: int, w
         lines += [f"The model alone, no HTTP (`benchmarks/batch_gain.py`, {args.model_seconds:g} s a row, the same "
                   "sentences in file order, nothing else running): `Predictor.predict` at batch 1 against "
                   f"consecutive chunks of {args.max_batch_size}, as one pass or sorted into groups.", "",
-                  common.markdown_table(["backend", "policy", "sentences/s", "x batch 1"],
-                                        [[m["backend"], m["policy"], fmt(m["sentences_per_s"]), fmt(m["ratio"], 2)]
-                                         for m in model_rows]), ""]
+                  common.markdown_table(["backend", "precision", "policy", "sentences/s", "x batch 1"],
+                                        [[m["backend"], m["precision"], m["policy"], fmt(m["sentences_per_s"]),
+                                          fmt(m["ratio"], 2)] for m in model_rows]), ""]
         for m in model_rows:
             model_best[m["backend"]] = max(model_best.get(m["backend"], 0.0), m["ratio"])
     find = {(r.backend, r.batching, r.concurrency): r for r in rows}

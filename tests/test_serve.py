@@ -38,7 +38,8 @@ from conftest import ROOT, sentiment_rows, write_tsv
 from tfllm.config import load_config
 from tfllm.data.tokenization import encode_texts, load_tokenizer
 from tfllm.errors import TfllmError
-from tfllm.inference import Predictor
+from tfllm import inference
+from tfllm.inference import Predictor, inference_precision
 from tfllm.serve import ModelSpec, Service, Settings
 from tfllm.serve.__main__ import main
 from tfllm.serve.app import create_app
@@ -291,13 +292,44 @@ def test_metrics(server):
     assert m[("tfllm_serve_ready", ())] == 1
     assert m[("tfllm_serve_queue_capacity", (("model", "tiny"),))] == SETTINGS.max_queue
     info = next(labels for name, labels in m if name == "tfllm_serve_model_info" and ("model", "tiny") in labels)
-    assert {("task", "classification"), ("backend", "keras"), ("labels", "neg,pos")} <= set(info)
+    assert {("task", "classification"), ("backend", "keras"), ("labels", "neg,pos"), ("precision", "float32")} <= set(info)
     shares = {dict(labels)["label"]: v for (name, labels), v in m.items()
               if name == "tfllm_serve_reference_label_share" and ("model", "tiny") in labels}
     assert set(shares) == {"neg", "pos"} and sum(shares.values()) == pytest.approx(1)
     predicted = sum(v for (name, labels), v in m.items()
                     if name == "tfllm_serve_predictions_total" and ("model", "tiny") in labels)
     assert predicted >= 2
+
+
+def test_auto_precision_is_bf16_only_with_bf16_hardware_and_batches(monkeypatch):
+    monkeypatch.setattr(inference, "bf16_hardware", lambda: ["avx512_bf16"])
+    assert inference_precision("auto", batched=True)[0] == "bfloat16"
+    assert inference_precision("auto", batched=False)[0] == "float32"  # one text at a time: fp32 is faster
+    assert Settings(max_batch_size=1).keras_precision()[0] == "float32"
+    assert Settings(max_batch_size=8).keras_precision()[0] == "bfloat16"
+    assert inference_precision("float32")[0] == "float32"
+    monkeypatch.setattr(inference, "bf16_hardware", lambda: [])
+    assert inference_precision("auto")[0] == "float32"
+    assert inference_precision("bfloat16")[0] == "bfloat16"  # asked for: done, emulated or not
+    with pytest.raises(TfllmError, match="precision 'fp16': choose from float32, bfloat16, auto"):
+        inference_precision("fp16")
+
+
+def test_a_run_predicts_in_bfloat16_as_well(run_dir, predictor, tmp_path):
+    import tf_keras
+
+    bf16 = Predictor.load(run_dir, precision="bfloat16")
+    assert bf16.precision == "bfloat16" and tf_keras.mixed_precision.global_policy().name == "float32"
+    dtypes = {layer.compute_dtype for layer in bf16.backend.model.bert.submodules if hasattr(layer, "kernel")}
+    assert dtypes == {"bfloat16"}, dtypes
+    texts = ["a warm, funny film", "dull and far too long", "fine"]
+    logits, reference = bf16.logits(texts), predictor.logits(texts)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, reference, atol=0.05)
+    assert [r["label"] for r in bf16.predict(texts)] == [r["label"] for r in predictor.predict(texts)]
+    (tmp_path / "m.tflite").write_bytes(b"")
+    with pytest.raises(TfllmError, match="computes as it was exported"):
+        Predictor.load(tmp_path / "m.tflite", precision="bfloat16")
 
 
 # --- batching and back-pressure ----------------------------------------------------------------
@@ -542,8 +574,10 @@ def test_masked_lm_runs_are_refused(run_dir):
     (["{run}", "--backend", "tflite"], "export one with python -m tfllm.export"),
     (["{run}", "--backend", "saved_model"], "--format saved_model"),
     (["{run}", "--port", "70000"], "--port must be 0-65535"),
+    (["{run}", "--precision", "bfloat16", "--model", "lite={tmp}/m.tflite"], "lite is served from an exported file"),
 ])
 def test_command_line_errors(run_dir, tmp_path, capsys, args, words):
+    (tmp_path / "m.tflite").write_bytes(b"")
     argv = [a.format(run=run_dir, tmp=tmp_path) for a in args]
     with pytest.raises(SystemExit) as stop:
         main(argv)

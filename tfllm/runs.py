@@ -22,6 +22,7 @@ from tfllm.data.tokenization import load_tokenizer
 from tfllm.errors import TfllmError
 from tfllm.models.checkpoints import check_bert_config, load_trained
 from tfllm.models.masked_lm import masked_lm_class
+from tfllm.models.precision import keras_policy
 from tfllm.tasks import Task, task_for
 
 
@@ -54,8 +55,9 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(run_dir / rundir.CONFIG)
 
 
-def load_run(run_dir: str | Path, task_name: str | None = None) -> Run:
-    """Load a finished run; ``task_name`` (optional) is the task the caller needs."""
+def load_run(run_dir: str | Path, task_name: str | None = None, policy: str = "float32") -> Run:
+    """Load a finished run; ``task_name`` (optional) is the task the caller needs; its model
+    computes under the Keras mixed-precision ``policy`` (``float32`` or ``mixed_bfloat16``)."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     task = task_for(cfg)
@@ -64,6 +66,7 @@ def load_run(run_dir: str | Path, task_name: str | None = None) -> Run:
     task.load_artifacts(run_dir)
     check_bert_config(run_dir / rundir.MODEL)  # before the slow TensorFlow work
     tokenizer = load_tokenizer(run_dir / rundir.MODEL)
-    hf_model = load_trained(head_class(task), run_dir / rundir.MODEL)
+    with keras_policy(policy):
+        hf_model = load_trained(head_class(task), run_dir / rundir.MODEL)
     task.check_model(hf_model, run_dir)
     return Run(run_dir, cfg, task, tokenizer, hf_model)

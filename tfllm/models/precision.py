@@ -10,8 +10,13 @@ every op. A float32 model is left exactly as it was (the activation computes as 
 input is float32).
 
     >>> bert = gelu_in_float32(TFBertForSequenceClassification(config))
+
+:func:`keras_policy` builds a model under a mixed-precision policy without leaking it into the
+models the process builds afterwards.
 """
 from __future__ import annotations
+
+import contextlib
 
 import tensorflow as tf
 import tf_keras
@@ -36,3 +41,15 @@ def gelu_in_float32(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
             if getattr(layer, attribute, None) is tf_keras.activations.gelu:
                 setattr(layer, attribute, float32_gelu)
     return bert
+
+
+@contextlib.contextmanager
+def keras_policy(policy: str):
+    """Keras' global mixed-precision policy set to ``policy`` (``float32``, ``mixed_bfloat16``...)
+    inside the block (layers take it when they are built), and put back after it."""
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)

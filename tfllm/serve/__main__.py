@@ -21,6 +21,8 @@ import logging
 import sys
 
 from tfllm.cli import main_guard, parse_command_line, setup_logging
+from tfllm.errors import TfllmError
+from tfllm.inference import PRECISIONS
 from tfllm.serve.config import BACKENDS, Settings, check_workers, model_specs
 from tfllm.serve.server import Workers, bind, serve, url_of
 
@@ -52,13 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--max-instances", int, d.max_instances, "texts per request")
     flag("--max-chars", int, d.max_chars, "characters per text")
     flag("--max-body-bytes", int, d.max_body_bytes, "request body size")
+    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                        help="what a run's Keras model computes in: auto (bfloat16 on a CPU with bf16 "
+                        "instructions when batching, else float32), float32 or bfloat16 (auto)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     return parser
 
 
 def settings_of(args) -> Settings:
     return Settings(args.max_batch_size, args.max_latency_ms, args.max_queue, args.timeout_ms,
-                    args.max_instances, args.max_chars, args.max_body_bytes, args.forward_batch_size).check()
+                    args.max_instances, args.max_chars, args.max_body_bytes, args.forward_batch_size,
+                    args.precision).check()
 
 
 @main_guard(memory_hint="lower --max-batch-size or --max-instances")
@@ -67,6 +73,10 @@ def main(argv=None):
     settings = settings_of(args)
     workers = check_workers(args.workers)
     specs = model_specs(args.run_dir, args.model, args.backend, args.tflite)
+    exported = [s.name for s in specs if s.backend != "keras"]
+    if args.precision == "bfloat16" and exported:
+        raise TfllmError(f"--precision bfloat16 is for a run's Keras model; {exported[0]} is served from an "
+                         "exported file, which computes as it was exported")
     setup_logging()
     sock = bind(args.host, args.port)
     print(f"serving {', '.join(s.name for s in specs)} on {url_of(sock)}", flush=True)

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from tfllm import rundir
 from tfllm.errors import TfllmError
-from tfllm.inference import Predictor
+from tfllm.inference import PRECISIONS, Predictor, inference_precision
 
 BACKENDS = ("keras", "tflite", "saved_model")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -36,6 +36,7 @@ class Settings:
     max_chars: int = 10000        # characters per text
     max_body_bytes: int = 1_000_000
     forward_batch_size: int = 16  # a batch runs as length-sorted forward passes of at most this many texts
+    precision: str = "auto"       # what a run's Keras model computes in (tfllm.inference.inference_precision)
 
     def check(self) -> "Settings":
         for flag in ("max_batch_size", "max_queue", "max_instances", "max_chars", "max_body_bytes",
@@ -46,7 +47,13 @@ class Settings:
             raise TfllmError(f"--max-latency-ms must be 0 or more, got {self.max_latency_ms:g}")
         if self.timeout_ms <= 0:
             raise TfllmError(f"--timeout-ms must be positive, got {self.timeout_ms:g}")
+        if self.precision not in PRECISIONS:
+            raise TfllmError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
         return self
+
+    def keras_precision(self) -> tuple[str, str]:
+        """What a run's Keras model computes in, and why (``auto``: bf16 only when batching)."""
+        return inference_precision(self.precision, batched=self.max_batch_size > 1)
 
 
 def check_workers(count: int) -> int:
@@ -68,8 +75,11 @@ class ModelSpec:
     run_dir: Optional[Path] = None
     loader: Optional[Callable[[], Predictor]] = field(default=None, repr=False)
 
-    def load(self) -> Predictor:
-        return self.loader() if self.loader is not None else Predictor.load(self.path)
+    def load(self, precision: str = "float32") -> Predictor:
+        """The predictor; a Keras backend computes in ``precision`` (exports as exported)."""
+        if self.loader is not None:
+            return self.loader()
+        return Predictor.load(self.path, precision=precision if self.backend == "keras" else "float32")
 
 
 def model_specs(run_dir: Optional[str], models: Sequence[str], backend: Optional[str] = None,

@@ -88,8 +88,9 @@ class Service:
     async def load(self, model: ServedModel) -> None:
         """Load, check, warm up and start one model's batcher."""
         spec, s, start = model.spec, self.settings, time.perf_counter()
-        log.info("loading model %s (%s, %s)", spec.name, spec.backend, spec.path)
-        predictor = await asyncio.to_thread(spec.load)
+        precision, why = s.keras_precision() if spec.backend == "keras" else ("as exported", spec.backend)
+        log.info("loading model %s (%s, %s; computing in %s: %s)", spec.name, spec.backend, spec.path, precision, why)
+        predictor = await asyncio.to_thread(spec.load, precision if spec.backend == "keras" else "float32")
         check_servable(predictor, spec)
         batcher = Batcher(spec.name, predictor, self.metrics, s.max_batch_size, s.max_latency_ms / 1000,
                           s.max_queue, s.timeout_ms / 1000, s.forward_batch_size)
@@ -116,7 +117,8 @@ class Service:
         m.model_info.labels(spec.name).info({
             "task": predictor.task.name, "backend": spec.backend, "source": str(spec.path),
             "labels": ",".join(predictor.label_names), "max_length": str(predictor.task.cfg.data.max_length),
-            "pair": str(predictor.pair_task).lower()})
+            "pair": str(predictor.pair_task).lower(),
+            "precision": predictor.precision if spec.backend == "keras" else "as exported"})
         if predictor.task.name in LABEL_TASKS:  # every label from 0, so a label never predicted shows
             for label in predictor.label_names:
                 m.predictions.labels(spec.name, label)
