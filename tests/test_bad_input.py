@@ -5,6 +5,7 @@ Most cases run in-process through the CLI entry points (``tfllm.train.main`` etc
 what ``python -m`` calls; a handful run as real subprocesses to prove the command-line behaviour
 (each pays ~8 s of TensorFlow import).
 """
+import json
 import os
 import re
 import subprocess
@@ -321,12 +322,26 @@ def test_evaluate_and_predict_on_a_dir_that_is_not_a_run(tmp_path, capsys, monke
     (["--input", "{d}/none.txt"], r"input file not found: \S*/none\.txt$"),
     (["--input", "{d}/gap.txt"], r"/gap\.txt line 2: empty text$"),
     (["--input", "{d}/latin1.txt"], r"/latin1\.txt line 1: not valid UTF-8"),
+    (["--precision", "fp16", "fine"], r"^error: --precision 'fp16': choose from float32, bfloat16, auto$"),
 ])
 def test_predict_bad_input(args, pattern, finished_run, tmp_path, capsys, monkeypatch):
     (tmp_path / "gap.txt").write_text("one\n\nthree\n")
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
     code, err = call_main("predict", [finished_run, *[a.format(d=tmp_path) for a in args]], capsys, monkeypatch)
     check_error(code, err, pattern)
+
+
+def test_predict_in_bfloat16_gives_the_float32_labels(finished_run, capsys, monkeypatch):
+    texts = ["a warm, funny film", "dull and far too long", "fine"]
+    rows = {}
+    for precision in ("float32", "bfloat16"):
+        done = main_in_process("predict", [finished_run, *texts, "--precision", precision], capsys, monkeypatch)
+        assert done.returncode == 0, done.stderr
+        rows[precision] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["label"] for r in rows["bfloat16"]] == [r["label"] for r in rows["float32"]]
+    for a, b in zip(rows["bfloat16"], rows["float32"]):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=0.02)
+    assert rows["bfloat16"] != rows["float32"]  # computed in bf16 indeed: the 6-digit probabilities move
 
 
 # --- the real command line, in subprocesses -------------------------------------------------

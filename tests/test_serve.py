@@ -370,6 +370,23 @@ def test_a_batch_runs_as_length_sorted_forward_passes(predictor, monkeypatch):
         assert list(row["probabilities"].values()) == pytest.approx(list(want["probabilities"].values()), abs=1e-5)
 
 
+def test_the_server_pads_forward_passes_to_a_multiple_of_8(server, monkeypatch):
+    """Bounded shapes (--pad-to-multiple-of, 8): a long-running server's memory stays flat."""
+    import tfllm.tasks.base as task_base
+
+    widths, real = [], task_base.pad_batch
+
+    def spy(*args):
+        padded = real(*args)
+        widths.append(padded[0]["input_ids"].shape[1])
+        return padded
+
+    monkeypatch.setattr(task_base, "pad_batch", spy)
+    texts = ["bad", "a warm and wonderful film with great acting"]
+    assert http(server + "/v1/models/tiny:predict", {"instances": texts}).status == 200
+    assert widths and all(width % SETTINGS.pad_to_multiple_of == 0 for width in widths), widths
+
+
 def test_readiness_while_loading(slow_server):
     loading = slow_server.while_loading
     assert loading.healthz.status == 200
@@ -568,6 +585,8 @@ def test_masked_lm_runs_are_refused(run_dir):
     (["{tmp}"], "is not a tfllm run directory"),
     (["{run}", "--max-batch-size", "0"], "--max-batch-size must be at least 1"),
     (["{run}", "--timeout-ms", "0"], "--timeout-ms must be positive"),
+    (["{run}", "--pad-to-multiple-of", "0"], "--pad-to-multiple-of must be at least 1"),
+    (["{run}", "--precision", "fp16"], "--precision 'fp16': choose from float32, bfloat16, auto"),
     (["--model", "sst2"], "--model 'sst2': give NAME=PATH"),
     (["--model", "a b={run}"], "model name 'a b'"),
     (["--model", "x={run}", "--model", "x={run}"], "'x' is given twice"),

@@ -35,6 +35,14 @@ def parse_command_line(parser, argv=None):
     return parser.parse_intermixed_args(argv)
 
 
+def check_choice(flag: str, value: str, choices) -> str:
+    """``value`` if it is one of ``choices``, else one error line naming ``flag`` (argparse's own
+    ``choices`` prints its usage text too)."""
+    if value not in choices:
+        raise TfllmError(f"{flag} {value!r}: choose from {', '.join(choices)}")
+    return value
+
+
 def setup_logging(verbose: bool = False, stream=None) -> None:
     """tfllm's progress at INFO on stderr (or ``stream``); third-party chatter only with verbose."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
+from tfllm.cli import check_choice
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
 from tfllm.export.saved_model import SavedModelBackend
-from tfllm.hardware import bf16_hardware
 from tfllm.export.tflite import TFLiteBackend
+from tfllm.hardware import bf16_hardware
 from tfllm.runs import Run, load_run
 from tfllm.tasks import Task
 from tfllm.tasks.base import keras_outputs
@@ -41,8 +42,7 @@ def inference_precision(asked: str, batched: bool = True) -> tuple[str, str]:
     AVX512-BF16 EPYC the SST-2 MiniLM ran 198 vs 137 sentences/s in sorted groups of 16, but 48 vs
     68 one text at a time (casting every weight costs more than bf16 saves on a few tokens).
     Exported TFLite and SavedModel files compute as they were exported."""
-    if asked not in PRECISIONS:
-        raise TfllmError(f"precision {asked!r}: choose from {', '.join(PRECISIONS)}")
+    check_choice("precision", asked, PRECISIONS)
     if asked != "auto":
         return asked, "asked for"
     if not bf16_hardware():
@@ -77,6 +77,7 @@ class Predictor:
         ``auto``, see :func:`inference_precision`), an exported ``.tflite`` model (LiteRT) or an
         exported SavedModel directory (``export/saved_model/1``, its token-id signature)."""
         path = Path(path)
+        check_choice("precision", precision, PRECISIONS)
         if precision == "bfloat16" and (path.suffix == ".tflite" or (path / "saved_model.pb").is_file()):
             raise TfllmError(f"{path} is an exported model: it computes as it was exported "
                              "(precision bfloat16 applies to a run directory's Keras model)")
@@ -98,6 +99,15 @@ class Predictor:
         model = model if model is not None else run.task.wrap_model(run.hf_model)
         return cls(run.task, run.tokenizer, KerasBackend(model, run.cfg.padding_multiple),
                    run.path, run, precision)
+
+    def pad_to(self, multiple: int) -> "Predictor":
+        """Pad each forward pass to a multiple of ``multiple`` tokens from now on (Keras and
+        SavedModel; TFLite runs each text at its own length); returns the predictor. Fewer distinct
+        shapes keep a long-running process's memory bounded: oneDNN keeps state for every shape
+        it has run."""
+        if hasattr(self.backend, "multiple"):
+            self.backend.multiple = multiple
+        return self
 
     @property
     def config(self):

@@ -48,13 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--max-batch-size", int, d.max_batch_size, "texts per batch; 1 turns batching off")
     flag("--forward-batch-size", int, d.forward_batch_size, "a batch runs as length-sorted forward passes "
          "of at most this many texts (less padding)")
+    flag("--pad-to-multiple-of", int, d.pad_to_multiple_of, "forward passes are padded to a multiple of "
+         "this many tokens (fewer shapes: memory stays bounded in a long-running server; 1: fastest)")
     flag("--max-latency-ms", float, d.max_latency_ms, "how long a batch waits for more requests")
     flag("--max-queue", int, d.max_queue, "requests waiting per model before 503")
     flag("--timeout-ms", float, d.timeout_ms, "a request not answered in time gets 504")
     flag("--max-instances", int, d.max_instances, "texts per request")
     flag("--max-chars", int, d.max_chars, "characters per text")
     flag("--max-body-bytes", int, d.max_body_bytes, "request body size")
-    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+    parser.add_argument("--precision", default=d.precision,
                         help="what a run's Keras model computes in: auto (bfloat16 on a CPU with bf16 "
                         "instructions when batching, else float32), float32 or bfloat16 (auto)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_of(args) -> Settings:
     return Settings(args.max_batch_size, args.max_latency_ms, args.max_queue, args.timeout_ms,
                     args.max_instances, args.max_chars, args.max_body_bytes, args.forward_batch_size,
-                    args.precision).check()
+                    args.precision, args.pad_to_multiple_of).check()
 
 
 @main_guard(memory_hint="lower --max-batch-size or --max-instances")

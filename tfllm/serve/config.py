@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tfllm import rundir
+from tfllm.cli import check_choice
 from tfllm.errors import TfllmError
 from tfllm.inference import PRECISIONS, Predictor, inference_precision
 
@@ -37,18 +38,18 @@ class Settings:
     max_body_bytes: int = 1_000_000
     forward_batch_size: int = 16  # a batch runs as length-sorted forward passes of at most this many texts
     precision: str = "auto"       # what a run's Keras model computes in (tfllm.inference.inference_precision)
+    pad_to_multiple_of: int = 8   # forward passes padded to a multiple of this many tokens: a bounded set of shapes
 
     def check(self) -> "Settings":
         for flag in ("max_batch_size", "max_queue", "max_instances", "max_chars", "max_body_bytes",
-                     "forward_batch_size"):
+                     "forward_batch_size", "pad_to_multiple_of"):
             if getattr(self, flag) < 1:
                 raise TfllmError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(self, flag)}")
         if self.max_latency_ms < 0:
             raise TfllmError(f"--max-latency-ms must be 0 or more, got {self.max_latency_ms:g}")
         if self.timeout_ms <= 0:
             raise TfllmError(f"--timeout-ms must be positive, got {self.timeout_ms:g}")
-        if self.precision not in PRECISIONS:
-            raise TfllmError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
+        check_choice("--precision", self.precision, PRECISIONS)
         return self
 
     def keras_precision(self) -> tuple[str, str]:

@@ -92,6 +92,7 @@ class Service:
         log.info("loading model %s (%s, %s; computing in %s: %s)", spec.name, spec.backend, spec.path, precision, why)
         predictor = await asyncio.to_thread(spec.load, precision if spec.backend == "keras" else "float32")
         check_servable(predictor, spec)
+        predictor.pad_to(s.pad_to_multiple_of)
         batcher = Batcher(spec.name, predictor, self.metrics, s.max_batch_size, s.max_latency_ms / 1000,
                           s.max_queue, s.timeout_ms / 1000, s.forward_batch_size)
         await batcher.warm_up()
