@@ -80,9 +80,10 @@ def test_inference_is_traced_once_for_every_batch_size_and_length(tiny_checkpoin
     model = classifier(tiny_checkpoint)
     head = Encoded(enc.input_ids[:4], enc.token_type_ids[:4])
     first = keras_outputs(model, head, batch_size=4, multiple=1)
-    outputs = keras_outputs(model, enc, batch_size=5, multiple=1)  # batches of 5 and 4, lengths 4 to 10
     (forward,) = _INFERENCE[model].values()
-    assert forward.experimental_get_tracing_count() == 1
+    traced = forward.experimental_get_tracing_count()  # 1, or 2 if the first call made a variable
+    outputs = keras_outputs(model, enc, batch_size=5, multiple=1)  # batches of 5 and 4, lengths 4 to 10
+    assert forward.experimental_get_tracing_count() == traced
     np.testing.assert_allclose(outputs[:4], first, atol=1e-5)  # same rows whatever the batch
 
 
