@@ -85,7 +85,7 @@ def throughput(predictor: Predictor, batches: list[list[str]], group: int, secon
 
 def measure(name: str, predictor: Predictor, sentences: list[str], batch: int, groups: list[int],
             seconds: float) -> list[dict]:
-    precision = predictor.precision if name == "keras" else "as exported"
+    precision = predictor.precision
     rows = [{"backend": name, "precision": precision, "policy": "batch 1", "batch": 1, "group": 1,
              "sentences_per_s": throughput(predictor, chunks(sentences, 1), 1, seconds)}]
     for group in [batch, *groups]:

@@ -74,6 +74,7 @@ def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
         assert meta["labels"] == ["0", "1"] or meta["labels"] == ["neg", "pos"]
         assert set(meta["input_dtypes"].values()) == {"int32"} and meta["output_dtype"] == "float32"
         predictor = Predictor.load(path)
+        assert predictor.precision == "as exported"  # what the service's model_info metric shows
         allocations, allocate = [], predictor.backend.interpreter.allocate_tensors
         predictor.backend.interpreter.allocate_tensors = lambda: allocations.append(1) or allocate()
         lite = predictor.logits(texts)

@@ -45,11 +45,12 @@ def inference_precision(asked: str, batched: bool = True) -> tuple[str, str]:
     check_choice("precision", asked, PRECISIONS)
     if asked != "auto":
         return asked, "asked for"
-    if not bf16_hardware():
+    instructions = bf16_hardware()
+    if not instructions:
         return "float32", "auto: the CPU has no bf16 instructions"
     if not batched:
         return "float32", "auto: one text at a time, where bf16 is slower"
-    return "bfloat16", f"auto: the CPU has bf16 instructions ({', '.join(bf16_hardware())}) and texts come in batches"
+    return "bfloat16", f"auto: the CPU has bf16 instructions ({', '.join(instructions)}) and texts come in batches"
 
 
 class KerasBackend:
@@ -68,7 +69,7 @@ class Predictor:
     def __init__(self, task: Task, tokenizer, backend, source: Path, run: Optional[Run] = None,
                  precision: str = "float32"):
         self.task, self.tokenizer, self.backend, self.source, self.run = task, tokenizer, backend, source, run
-        self.precision = precision  # what a run's Keras model computes in (exports: as exported)
+        self.precision = precision  # what a run's Keras model computes in; "as exported" for exports
 
     @classmethod
     def load(cls, path: str | Path, num_threads: Optional[int] = None, task_name: Optional[str] = None,
@@ -90,7 +91,7 @@ class Predictor:
             return cls.from_run(load_run(path, task_name, POLICIES[precision]), precision=precision)
         if task_name is not None and task.name != task_name:
             raise TfllmError(f"{path} is a {task.name} model, not {task_name}")
-        return cls(task, tokenizer, backend, path)
+        return cls(task, tokenizer, backend, path, precision="as exported")
 
     @classmethod
     def from_run(cls, run: Run, model=None, precision: str = "float32") -> "Predictor":

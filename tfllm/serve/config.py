@@ -77,7 +77,8 @@ class ModelSpec:
     loader: Optional[Callable[[], Predictor]] = field(default=None, repr=False)
 
     def load(self, precision: str = "float32") -> Predictor:
-        """The predictor; a Keras backend computes in ``precision`` (exports as exported)."""
+        """The predictor; a Keras backend computes in ``precision`` (an export as it was exported,
+        whatever ``precision`` says)."""
         if self.loader is not None:
             return self.loader()
         return Predictor.load(self.path, precision=precision if self.backend == "keras" else "float32")

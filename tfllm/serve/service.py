@@ -90,7 +90,7 @@ class Service:
         spec, s, start = model.spec, self.settings, time.perf_counter()
         precision, why = s.keras_precision() if spec.backend == "keras" else ("as exported", spec.backend)
         log.info("loading model %s (%s, %s; computing in %s: %s)", spec.name, spec.backend, spec.path, precision, why)
-        predictor = await asyncio.to_thread(spec.load, precision if spec.backend == "keras" else "float32")
+        predictor = await asyncio.to_thread(spec.load, precision)
         check_servable(predictor, spec)
         predictor.pad_to(s.pad_to_multiple_of)
         batcher = Batcher(spec.name, predictor, self.metrics, s.max_batch_size, s.max_latency_ms / 1000,
@@ -119,7 +119,7 @@ class Service:
             "task": predictor.task.name, "backend": spec.backend, "source": str(spec.path),
             "labels": ",".join(predictor.label_names), "max_length": str(predictor.task.cfg.data.max_length),
             "pair": str(predictor.pair_task).lower(),
-            "precision": predictor.precision if spec.backend == "keras" else "as exported"})
+            "precision": predictor.precision})
         if predictor.task.name in LABEL_TASKS:  # every label from 0, so a label never predicted shows
             for label in predictor.label_names:
                 m.predictions.labels(spec.name, label)
