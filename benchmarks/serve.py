@@ -17,7 +17,8 @@ soak); ``--quick`` about 2.
    one request, one forward pass) and **dynamic batching** (``--max-batch-size 32
    --max-latency-ms 5 --forward-batch-size 16``, the server's defaults). Every server gets
    ``--max-queue 1024`` (c=128 is never refused for a full queue; a 503 would be counted, not
-   hidden) and ``--timeout-ms 30000`` (wrk's own ``--timeout`` is 60 s, so a slow answer is the server's 504, counted).
+   hidden), ``--timeout-ms 30000`` (wrk's own ``--timeout`` is 60 s, so a slow answer is the server's 504, counted)
+   and ``--warm-up all`` (as ``deploy/`` runs it: every forward-pass shape once before ready).
 2. **Load**: ``wrk`` on loopback, ``POST /v1/models/NAME:predict`` with ``{"instances": [S]}``,
    S cycling through the real SST-2 dev sentences (872; each wrk thread starts elsewhere in the
    list), one sentence per request, keep-alive connections. A Lua script (written to a temporary
@@ -97,7 +98,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402  (imports tfllm first: Keras 2)
 from benchmarks.batch_gain import DEFAULT_RUN, DEFAULT_TFLITE, DEV_TSV, read_sentences  # noqa: E402
 
-SERVE_FLAGS = ["--max-queue", "1024", "--timeout-ms", "30000"]
+SERVE_FLAGS = ["--max-queue", "1024", "--timeout-ms", "30000", "--warm-up", "all"]
 WRK_TIMEOUT_S = 60
 READY_TIMEOUT_S = 600.0
 LATE_MS = 10  # a paced send this far behind its slot is "late"

@@ -387,6 +387,34 @@ def test_the_server_pads_forward_passes_to_a_multiple_of_8(server, monkeypatch):
     assert widths and all(width % SETTINGS.pad_to_multiple_of == 0 for width in widths), widths
 
 
+def test_warm_up_all_runs_every_forward_pass_shape_before_ready(run_dir, predictor, monkeypatch):
+    """--warm-up all: every (batch, width) a forward pass can have has run once before /readyz is
+    200, so serving allocates no new oneDNN state (memory flat) and meets no first-shape delay."""
+    import tfllm.tasks.base as task_base
+
+    shapes, real = set(), task_base.pad_batch
+
+    def spy(*args):
+        padded = real(*args)
+        shapes.add(padded[0]["input_ids"].shape)
+        return padded
+
+    monkeypatch.setattr(task_base, "pad_batch", spy)
+    settings = Settings(max_batch_size=8, forward_batch_size=3, warm_up="all")
+    live = LiveServer([ModelSpec("warm", run_dir, "keras", run_dir, loaded(predictor))], settings)
+    try:
+        wait_ready(live.url)
+        expected = {(batch, width) for width in (8, 16, 24) for batch in (1, 2, 3)}  # max_length 24
+        assert set(predictor.forward_shapes(3)) == expected
+        assert shapes >= expected, sorted(expected - shapes)
+        warmed = set(shapes)
+        texts = ["bad", "a warm and wonderful film with great acting", LONG_TEXT, "fine", "dull"]
+        assert http(live.url + "/v1/models/warm:predict", {"instances": texts}).status == 200
+        assert shapes == warmed  # serving ran only shapes already warmed up
+    finally:
+        live.stop()
+
+
 def test_readiness_while_loading(slow_server):
     loading = slow_server.while_loading
     assert loading.healthz.status == 200
@@ -587,6 +615,7 @@ def test_masked_lm_runs_are_refused(run_dir):
     (["{run}", "--timeout-ms", "0"], "--timeout-ms must be positive"),
     (["{run}", "--pad-to-multiple-of", "0"], "--pad-to-multiple-of must be at least 1"),
     (["{run}", "--precision", "fp16"], "--precision 'fp16': choose from float32, bfloat16, auto"),
+    (["{run}", "--warm-up", "some"], "--warm-up 'some': choose from one, all"),
     (["--model", "sst2"], "--model 'sst2': give NAME=PATH"),
     (["--model", "a b={run}"], "model name 'a b'"),
     (["--model", "x={run}", "--model", "x={run}"], "'x' is given twice"),

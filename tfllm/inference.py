@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 
 from tfllm.cli import check_choice
 from tfllm.data.tokenization import Encoded
@@ -109,6 +110,32 @@ class Predictor:
         if hasattr(self.backend, "multiple"):
             self.backend.multiple = multiple
         return self
+
+    def forward_shapes(self, max_batch: int) -> list[tuple[int, int]]:
+        """Every ``(batch, width)`` a forward pass of at most ``max_batch`` texts can have: widths
+        are multiples of the padding multiple up to ``max_length``. Empty for TFLite, which runs
+        each text alone at its own length."""
+        multiple = getattr(self.backend, "multiple", None)
+        if multiple is None:
+            return []
+        longest = self.task.cfg.data.max_length
+        widths = range(multiple, -(-longest // multiple) * multiple + 1, multiple) if multiple > 1 \
+            else range(2, longest + 1)
+        return [(batch, width) for width in widths for batch in range(1, max_batch + 1)]
+
+    def warm_up_shapes(self, max_batch: int) -> int:
+        """Run one dummy forward pass of every shape in :meth:`forward_shapes`; returns how many.
+
+        A long-running server then allocates nothing new: oneDNN creates and keeps its kernels per
+        input shape (first run of a shape: up to ~50 ms more; SST-2 MiniLM in bf16, batches up to
+        16 at widths 8..72: resident memory +170 MB, then flat)."""
+        shapes = self.forward_shapes(max_batch)
+        fill = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else 0
+        for batch, width in shapes:
+            ids = np.full(width, fill, np.int32)
+            ids[0], ids[-1] = self.tokenizer.cls_token_id or fill, self.tokenizer.sep_token_id or fill
+            self.backend.outputs(Encoded([ids] * batch, [np.zeros(width, np.int32)] * batch), batch)
+        return len(shapes)
 
     @property
     def config(self):

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=d.precision,
                         help="what a run's Keras model computes in: auto (bfloat16 on a CPU with bf16 "
                         "instructions when batching, else float32), float32 or bfloat16 (auto)")
+    parser.add_argument("--warm-up", default=d.warm_up,
+                        help="before /readyz turns 200: one dummy batch (one), or every shape a forward pass "
+                        "can have (all: seconds longer, then no first-shape delays and resident memory "
+                        "stays flat; for production) (one)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     return parser
 
@@ -66,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_of(args) -> Settings:
     return Settings(args.max_batch_size, args.max_latency_ms, args.max_queue, args.timeout_ms,
                     args.max_instances, args.max_chars, args.max_body_bytes, args.forward_batch_size,
-                    args.precision, args.pad_to_multiple_of).check()
+                    args.precision, args.pad_to_multiple_of, args.warm_up).check()
 
 
 @main_guard(memory_hint="lower --max-batch-size or --max-instances")

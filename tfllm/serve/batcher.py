@@ -85,12 +85,19 @@ class Batcher:
         metrics.queue_depth.labels(name).set(0)
 
     # --- lifecycle ---------------------------------------------------------------------------
-    async def warm_up(self) -> None:
-        """One dummy batch of ``max_batch_size`` texts through the model (first-call costs)."""
+    async def warm_up(self, every_shape: bool = False) -> None:
+        """One dummy batch of ``max_batch_size`` texts through the model (first-call costs), and
+        with ``every_shape`` a dummy forward pass of every shape a batch can run as."""
         texts = [WARM_UP_TEXT] * self.max_batch_size
         pairs = texts if self.predictor.pair_task else None
-        await asyncio.get_running_loop().run_in_executor(
-            self.executor, lambda: self.predictor.predict_encoded(texts, pairs, self.forward_batch_size))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, lambda: self.predictor.predict_encoded(texts, pairs,
+                                                                                          self.forward_batch_size))
+        if every_shape:
+            start = time.perf_counter()
+            count = await loop.run_in_executor(self.executor, self.predictor.warm_up_shapes, self.forward_batch_size)
+            log.info("model %s: warmed up %d forward-pass shapes in %.1f s", self.name, count,
+                     time.perf_counter() - start)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"batcher-{self.name}")

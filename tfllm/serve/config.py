@@ -24,6 +24,7 @@ BACKENDS = ("keras", "tflite", "saved_model")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SAVED_MODEL = Path("export") / "saved_model" / "1"
 TFLITE = Path("export") / "model.tflite"
+WARM_UPS = ("one", "all")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Settings:
     forward_batch_size: int = 16  # a batch runs as length-sorted forward passes of at most this many texts
     precision: str = "auto"       # what a run's Keras model computes in (tfllm.inference.inference_precision)
     pad_to_multiple_of: int = 8   # forward passes padded to a multiple of this many tokens: a bounded set of shapes
+    warm_up: str = "one"          # before ready: one dummy batch, or "all": every forward-pass shape (memory flat after)
 
     def check(self) -> "Settings":
         for flag in ("max_batch_size", "max_queue", "max_instances", "max_chars", "max_body_bytes",
@@ -50,6 +52,7 @@ class Settings:
         if self.timeout_ms <= 0:
             raise TfllmError(f"--timeout-ms must be positive, got {self.timeout_ms:g}")
         check_choice("--precision", self.precision, PRECISIONS)
+        check_choice("--warm-up", self.warm_up, WARM_UPS)
         return self
 
     def keras_precision(self) -> tuple[str, str]:

@@ -95,7 +95,7 @@ class Service:
         predictor.pad_to(s.pad_to_multiple_of)
         batcher = Batcher(spec.name, predictor, self.metrics, s.max_batch_size, s.max_latency_ms / 1000,
                           s.max_queue, s.timeout_ms / 1000, s.forward_batch_size)
-        await batcher.warm_up()
+        await batcher.warm_up(every_shape=s.warm_up == "all")
         batcher.start()
         model.predictor, model.batcher, model.state = predictor, batcher, AVAILABLE
         seconds = time.perf_counter() - start
