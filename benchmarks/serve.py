@@ -444,7 +444,7 @@ def batching_flags(args, batching: str) -> list[str]:
     if batching == "off":
         return ["--max-batch-size", "1"]
     return ["--max-batch-size", str(args.max_batch_size), "--max-latency-ms", f"{args.max_latency_ms:g}",
-            "--forward-batch-size", str(args.forward_batch_size)]
+            "--forward-batch-size", str(args.forward_batch_size), "--batch-threads", str(args.batch_threads)]
 
 
 def measure_config(args, backend: str, batching: str, lua: Path, bodies: Path, out: Path) -> list[Row]:
@@ -649,6 +649,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-latency-ms", type=float, default=5, help="dynamic batching's --max-latency-ms (5)")
     parser.add_argument("--forward-batch-size", type=int, default=16,
                         help="dynamic batching's --forward-batch-size (16)")
+    parser.add_argument("--batch-threads", type=int, default=1,
+                        help="dynamic batching's --batch-threads (1; TFLite always runs one)")
     parser.add_argument("--soak-seconds", type=float, default=600, help="soak length (600; 0: no soak)")
     parser.add_argument("--soak-fraction", type=float, default=0.7, help="soak rate, fraction of peak (0.7)")
     parser.add_argument("--soak-backend", default="keras", choices=("keras", "tflite", "fastest"),

@@ -131,6 +131,27 @@ class LiveServer:
         self.thread.join(30)
 
 
+class Overlapping:
+    """A predictor that counts how many of its batches run at once (each takes 0.2 s longer)."""
+
+    def __init__(self, predictor):
+        self.inner, self.running, self.most, self.lock = predictor, 0, 0, threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_encoded(self, *args, **kwargs):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.2)
+            return self.inner.predict_encoded(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
 def loaded(predictor, delay: float = 0.0):
     """A loader handing over an already-loaded predictor (after ``delay`` seconds)."""
     def load():
@@ -415,6 +436,24 @@ def test_warm_up_all_runs_every_forward_pass_shape_before_ready(run_dir, predict
         live.stop()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_threads_run_that_many_batches_at_once(run_dir, predictor, threads):
+    overlapping = Overlapping(predictor)
+    settings = Settings(max_batch_size=1, max_latency_ms=0, batch_threads=threads)
+    live = LiveServer([ModelSpec("both", run_dir, "keras", run_dir, loaded(overlapping))], settings)
+    try:
+        wait_ready(live.url)
+        texts = ["a warm film", "dull", "fine acting", "too long"]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda t: http(live.url + "/v1/models/both:predict", {"instances": [t]}), texts))
+        assert [a.status for a in answers] == [200] * 4
+        for answer, row in zip(answers, predictor.predict(texts)):
+            assert answer.json()["predictions"][0] == pytest.approx(list(row["probabilities"].values()), abs=1e-4)
+        assert overlapping.most == threads
+    finally:
+        live.stop()
+
+
 def test_readiness_while_loading(slow_server):
     loading = slow_server.while_loading
     assert loading.healthz.status == 200
@@ -616,6 +655,7 @@ def test_masked_lm_runs_are_refused(run_dir):
     (["{run}", "--pad-to-multiple-of", "0"], "--pad-to-multiple-of must be at least 1"),
     (["{run}", "--precision", "fp16"], "--precision 'fp16': choose from float32, bfloat16, auto"),
     (["{run}", "--warm-up", "some"], "--warm-up 'some': choose from one, all"),
+    (["{run}", "--batch-threads", "0"], "--batch-threads must be at least 1"),
     (["--model", "sst2"], "--model 'sst2': give NAME=PATH"),
     (["--model", "a b={run}"], "model name 'a b'"),
     (["--model", "x={run}", "--model", "x={run}"], "'x' is given twice"),

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
          "of at most this many texts (less padding)")
     flag("--pad-to-multiple-of", int, d.pad_to_multiple_of, "forward passes are padded to a multiple of "
          "this many tokens (fewer shapes: memory stays bounded in a long-running server; 1: fastest)")
+    flag("--batch-threads", int, d.batch_threads, "batches running at once, each in its own thread "
+         "(TF Serving's num_batch_threads; a TFLite model always runs one)")
     flag("--max-latency-ms", float, d.max_latency_ms, "how long a batch waits for more requests")
     flag("--max-queue", int, d.max_queue, "requests waiting per model before 503")
     flag("--timeout-ms", float, d.timeout_ms, "a request not answered in time gets 504")
@@ -70,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_of(args) -> Settings:
     return Settings(args.max_batch_size, args.max_latency_ms, args.max_queue, args.timeout_ms,
                     args.max_instances, args.max_chars, args.max_body_bytes, args.forward_batch_size,
-                    args.precision, args.pad_to_multiple_of, args.warm_up).check()
+                    args.precision, args.pad_to_multiple_of, args.warm_up,
+                    args.batch_threads).check()
 
 
 @main_guard(memory_hint="lower --max-batch-size or --max-instances")

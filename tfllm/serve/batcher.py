@@ -6,7 +6,9 @@ texts reach ``max_batch_size``; it runs :meth:`Predictor.predict_encoded` on all
 in its own worker thread and hands each request its rows. The Predictor sorts the batch by length
 and runs it as forward passes of at most ``forward_batch_size`` texts, each padded to its own
 longest text (``benchmarks/batch_gain.py`` compares the policies for the model alone).
-While a batch runs, the next one gathers, so under load batches fill up without waiting. A
+While a batch runs, the next one gathers, so under load batches fill up without waiting; with
+``batch_threads`` > 1 (TF Serving's ``num_batch_threads``) that many batches run at once, each in
+its own worker thread (a small batch leaves part of the cores idle). A
 request is never split: one bigger than ``max_batch_size`` runs alone, so ``max_batch_size=1``
 turns batching off (one request, one forward pass).
 
@@ -70,7 +72,8 @@ class Batcher:
     """The queue and batching task of one model (see the module docstring)."""
 
     def __init__(self, name: str, predictor: Predictor, metrics: ServeMetrics, max_batch_size: int,
-                 max_latency_s: float, max_queue: int, timeout_s: float, forward_batch_size: int = 16):
+                 max_latency_s: float, max_queue: int, timeout_s: float, forward_batch_size: int = 16,
+                 batch_threads: int = 1):
         self.name, self.predictor, self.metrics = name, predictor, metrics
         self.max_batch_size, self.max_latency_s = max_batch_size, max_latency_s
         self.forward_batch_size = min(forward_batch_size, max_batch_size)
@@ -79,7 +82,8 @@ class Batcher:
         self.wakeup = asyncio.Event()
         self.stopping = False
         self.task: Optional[asyncio.Task] = None
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"tfllm-serve-{name}")
+        self.batch_threads = batch_threads  # batches running at once, each in its own worker thread
+        self.executor = ThreadPoolExecutor(batch_threads, thread_name_prefix=f"tfllm-serve-{name}")
         self.delay_s = float(os.environ.get("TFLLM_SERVE_DELAY_MS") or 0) / 1000
         metrics.queue_capacity.labels(name).set(max_queue)
         metrics.queue_depth.labels(name).set(0)
@@ -133,12 +137,23 @@ class Batcher:
 
     # --- the batching task -------------------------------------------------------------------
     async def run(self) -> None:
+        """Collect a batch whenever one of the ``batch_threads`` is free and run it there; when
+        stopping, wait for the batches still running."""
+        free = asyncio.Semaphore(self.batch_threads)
+        running: set[asyncio.Task] = set()
         while True:
+            await free.acquire()
             batch = await self.collect()
-            if batch is None:
-                return
-            if batch:
-                await self.execute(batch)
+            if not batch:
+                free.release()
+                if batch is None:
+                    break
+                continue
+            task = asyncio.create_task(self.execute(batch))
+            running.add(task)
+            task.add_done_callback(lambda done: (running.discard(done), free.release()))
+        if running:
+            await asyncio.gather(*running)
 
     async def collect(self) -> Optional[list[Pending]]:
         """The next batch: wait for a first request, then for more until the batch is full or

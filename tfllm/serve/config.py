@@ -41,10 +41,11 @@ class Settings:
     precision: str = "auto"       # what a run's Keras model computes in (tfllm.inference.inference_precision)
     pad_to_multiple_of: int = 8   # forward passes padded to a multiple of this many tokens: a bounded set of shapes
     warm_up: str = "one"          # before ready: one dummy batch, or "all": every forward-pass shape (memory flat after)
+    batch_threads: int = 1        # batches run at once, each in its own thread (TFLite: always 1)
 
     def check(self) -> "Settings":
         for flag in ("max_batch_size", "max_queue", "max_instances", "max_chars", "max_body_bytes",
-                     "forward_batch_size", "pad_to_multiple_of"):
+                     "forward_batch_size", "pad_to_multiple_of", "batch_threads"):
             if getattr(self, flag) < 1:
                 raise TfllmError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(self, flag)}")
         if self.max_latency_ms < 0:

@@ -93,8 +93,9 @@ class Service:
         predictor = await asyncio.to_thread(spec.load, precision)
         check_servable(predictor, spec)
         predictor.pad_to(s.pad_to_multiple_of)
+        threads = 1 if spec.backend == "tflite" else s.batch_threads  # one interpreter: not thread-safe
         batcher = Batcher(spec.name, predictor, self.metrics, s.max_batch_size, s.max_latency_ms / 1000,
-                          s.max_queue, s.timeout_ms / 1000, s.forward_batch_size)
+                          s.max_queue, s.timeout_ms / 1000, s.forward_batch_size, threads)
         await batcher.warm_up(every_shape=s.warm_up == "all")
         batcher.start()
         model.predictor, model.batcher, model.state = predictor, batcher, AVAILABLE
