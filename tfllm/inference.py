@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfllm.cli import check_choice
+from tfllm.data.pipeline import padded_width
 from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
 from tfllm.export.saved_model import SavedModelBackend
@@ -118,9 +119,7 @@ class Predictor:
         multiple = getattr(self.backend, "multiple", None)
         if multiple is None:
             return []
-        longest = self.task.cfg.data.max_length
-        widths = range(multiple, -(-longest // multiple) * multiple + 1, multiple) if multiple > 1 \
-            else range(2, longest + 1)
+        widths = sorted({padded_width(n, multiple) for n in range(2, self.task.cfg.data.max_length + 1)})
         return [(batch, width) for width in widths for batch in range(1, max_batch + 1)]
 
     def warm_up_shapes(self, max_batch: int) -> int:
@@ -130,10 +129,9 @@ class Predictor:
         input shape (first run of a shape: up to ~50 ms more; SST-2 MiniLM in bf16, batches up to
         16 at widths 8..72: resident memory +170 MB, then flat)."""
         shapes = self.forward_shapes(max_batch)
-        fill = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else 0
+        token = self.tokenizer.unk_token_id or 0  # any id: only the shape matters
         for batch, width in shapes:
-            ids = np.full(width, fill, np.int32)
-            ids[0], ids[-1] = self.tokenizer.cls_token_id or fill, self.tokenizer.sep_token_id or fill
+            ids = np.full(width, token, np.int32)
             self.backend.outputs(Encoded([ids] * batch, [np.zeros(width, np.int32)] * batch), batch)
         return len(shapes)
 

@@ -73,6 +73,11 @@ class SplitData:
 IGNORE = -100  # label of a position that has none (a word's later pieces, [CLS], padding)
 
 
+def padded_width(longest: int, multiple: int) -> int:
+    """The width a batch whose longest sequence has ``longest`` tokens is padded to."""
+    return max(multiple, int(math.ceil(longest / multiple) * multiple)) if multiple > 1 else longest
+
+
 def pad_batch(encoded: Encoded, indices: np.ndarray, multiple: int = 8, global_size: int = 0) -> tuple:
     """``(features, labels, weights)`` for one batch, padded to its longest sequence.
 
@@ -81,7 +86,7 @@ def pad_batch(encoded: Encoded, indices: np.ndarray, multiple: int = 8, global_s
     (a list of arrays, token classification) are padded with :data:`IGNORE`.
     """
     longest = max((len(encoded.input_ids[i]) for i in indices), default=1)
-    width = max(multiple, int(math.ceil(longest / multiple) * multiple)) if multiple > 1 else longest
+    width = padded_width(longest, multiple)
     ids = np.zeros((len(indices), width), dtype=np.int32)
     types = np.zeros_like(ids)
     mask = np.zeros_like(ids)
