@@ -73,20 +73,22 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
         # Densified here, outside XLA: a sparse gradient's row count changes with the batch's
         # length, and XLA would compile the update again for every new count.
         dense = [tf.convert_to_tensor(g) for g in grads]
-        return self._fused_update(dense, list(variables), max_norm)
+        # The norm outside XLA: TensorFlow's own reductions use both cores, XLA's CPU reductions
+        # took 3x as long (17 against 5 ms for MiniLM's 22.7 M parameters).
+        norm = tf.linalg.global_norm(dense)
+        scale = max_norm / tf.maximum(norm, max_norm) if max_norm else tf.ones([])  # clip_by_global_norm's
+        self._fused_update(dense, list(variables), scale)
+        return norm
 
     @tf.function(jit_compile=True, reduce_retracing=True)
-    def _fused_update(self, grads, variables, max_norm):
-        norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
-        if max_norm:
-            scale = max_norm / tf.maximum(norm, max_norm)  # tf.clip_by_global_norm's factor
-            grads = [g * scale for g in grads]
+    def _fused_update(self, grads, variables, scale):
         step = tf.cast(self.iterations + 1, tf.float32)
         lr = tf.cast(self.learning_rate, tf.float32)
         alpha = lr * tf.sqrt(1 - tf.pow(self.beta_2, step)) / (1 - tf.pow(self.beta_1, step))
         for grad, variable in zip(grads, variables):
             index = self._index_dict[self._var_key(variable)]
             m, v = self._momentums[index], self._velocities[index]
+            grad = grad * scale
             new_m = m + (grad - m) * (1 - self.beta_1)
             new_v = v + (tf.square(grad) - v) * (1 - self.beta_2)
             decayed = variable * (1 - lr * self.weight_decay) if self._use_weight_decay(variable) else variable
@@ -94,7 +96,6 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
             m.assign(new_m)
             v.assign(new_v)
         self.iterations.assign_add(1)
-        return norm
 
 
 def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float = 0.1,
