@@ -75,12 +75,26 @@ def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
         assert set(meta["input_dtypes"].values()) == {"int32"} and meta["output_dtype"] == "float32"
         predictor = Predictor.load(path)
         assert predictor.precision == "as exported"  # what the service's model_info metric shows
+        assert meta["input_shape"] == [-1, -1] and predictor.backend.batched
         allocations, allocate = [], predictor.backend.interpreter.allocate_tensors
         predictor.backend.interpreter.allocate_tensors = lambda: allocations.append(1) or allocate()
-        lite = predictor.logits(texts)
+        lite = predictor.logits(texts, batch_size=1)  # each text alone at its own length, as on a phone
         # shortest first: the interpreter re-allocates once per distinct length, not per text
         assert len(allocations) == len(set(predictor.task.encode(predictor.tokenizer, texts).lengths))
+        # several texts per invoke, padded to the group's longest: one allocation per group
+        allocations.clear()
+        batched = predictor.logits(texts, batch_size=16)
+        assert len(allocations) == 7  # 100 texts in groups of 16
         mode = meta["quantize"]
+        if mode == "none":  # the shortest text padded to the longest's length: masked, no effect
+            short_long = [texts[i] for i in np.argsort([len(t) for t in texts])[[0, -1]]]
+            np.testing.assert_allclose(predictor.logits(short_long, batch_size=2),
+                                       predictor.logits(short_long, batch_size=1), atol=1e-6)
+        if mode in ("none", "float16"):
+            np.testing.assert_allclose(batched, lite, atol=1e-5 if mode == "none" else 2e-2)
+        else:  # int8 activation ranges are shared across a batch: close, same answers
+            assert np.mean(batched.argmax(-1) == lite.argmax(-1)) >= 0.97, mode
+            assert np.abs(batched - lite).max() < 0.5, mode
         sizes[mode] = path.stat().st_size
         agreement = np.mean(lite.argmax(-1) == keras.argmax(-1))
         assert agreement >= 0.95, (mode, agreement)

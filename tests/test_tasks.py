@@ -189,7 +189,8 @@ def run_task_test(case, run_dir, dev, setup, capsys):
     result = predictor.evaluate(str(dev), root / "eval")
     assert result["examples"] > 0 and (root / "eval" / "metrics.json").is_file()
 
-    # TFLite: same outputs as Keras (LiteRT runs each example at its own length)
+    # TFLite: same outputs as Keras (LiteRT runs texts in padded groups of 64; a CRF tagger's
+    # export has batch 1 and runs each alone)
     keras = predictor.logits(texts, pairs)
     [path] = export(run_dir, "tflite", "none")
     lite = Predictor.load(path)

@@ -139,7 +139,7 @@ def compare_run(run_dir, data: Optional[str] = None, max_examples: Optional[int]
         if not export_is_current(path, run_dir, cfg, mode):
             export_tflite(run, mode, out_dir, calibration_data)
         runner = Predictor.load(path, num_threads)
-        logits = runner.logits(texts, pairs)
+        logits = runner.logits(texts, pairs, batch_size=1)  # as on a device: each text alone, unpadded
         times = time_calls(runner.backend.run, timed)
         size, packed = file_sizes(path)
         rows.append({"run": name, "variant": f"tflite_{mode if mode != 'none' else 'fp32'}",

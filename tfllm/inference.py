@@ -105,7 +105,7 @@ class Predictor:
 
     def pad_to(self, multiple: int) -> "Predictor":
         """Pad each forward pass to a multiple of ``multiple`` tokens from now on (Keras and
-        SavedModel; TFLite runs each text at its own length); returns the predictor. Fewer distinct
+        SavedModel; TFLite pads a group to its longest text); returns the predictor. Fewer distinct
         shapes keep a long-running process's memory bounded: oneDNN keeps state for every shape
         it has run."""
         if hasattr(self.backend, "multiple"):
@@ -114,8 +114,8 @@ class Predictor:
 
     def forward_shapes(self, max_batch: int) -> list[tuple[int, int]]:
         """Every ``(batch, width)`` a forward pass of at most ``max_batch`` texts can have: widths
-        are multiples of the padding multiple up to ``max_length``. Empty for TFLite, which runs
-        each text alone at its own length."""
+        are multiples of the padding multiple up to ``max_length``. Empty for TFLite, whose
+        interpreter keeps no state per shape (it re-plans on every new shape)."""
         multiple = getattr(self.backend, "multiple", None)
         if multiple is None:
             return []

@@ -1,11 +1,13 @@
 """TFLite export of a run (float32, dynamic-range, float16, full int8, QAT int8) and a LiteRT runner.
 
-The model is traced from a ``tf.function`` with an explicit input signature, batch 1 and a
-dynamic sequence length (``[1, None]`` int32 ``input_ids`` / ``attention_mask`` /
-``token_type_ids``, output ``logits``), and converted with built-in ops only (no Flex: the pip
-LiteRT runtime has no Flex delegate). An app tokenizes one text with the exported ``vocab.txt``
-(no padding needed: resize the three inputs to the text's length, at most ``max_length``), sets
-them and invokes; the metadata JSON beside each model names the tensors and everything else.
+The model is traced from a ``tf.function`` with an explicit input signature, dynamic batch and
+sequence length (``[None, None]`` int32 ``input_ids`` / ``attention_mask`` / ``token_type_ids``,
+output ``logits``; batch 1 for a CRF tagger, whose decoding converts only with a static batch),
+and converted with built-in ops only (no Flex: the pip LiteRT runtime has no Flex delegate). An
+app tokenizes one text with the exported ``vocab.txt`` (no padding needed: resize the three
+inputs to ``[1, n]``, the text's length, at most ``max_length``), sets them and invokes; a server
+may also stack texts padded to the longest with ``attention_mask`` 0 (:class:`TFLiteBackend` with
+``batch_size`` > 1). The metadata JSON beside each model names the tensors and everything else.
 The graph is frozen directly (``experimental_lower_to_saved_model=False``): ~10x faster to
 convert than through a temporary SavedModel, same ops, but no signature table.
 
@@ -35,6 +37,7 @@ from tfllm import io, rundir
 from tfllm.compression import read_compression
 from tfllm.compression.ptq import calibration_features
 from tfllm.config import Config, from_dict
+from tfllm.data.pipeline import pad_batch
 from tfllm.data.readers import read_json
 from tfllm.data.tokenization import Encoded, load_tokenizer
 from tfllm.errors import TfllmError, first_line
@@ -76,9 +79,16 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def export_batch(hf_model) -> Optional[int]:
+    """The exported batch dimension: any (None), or 1 for a CRF tagger (its decoding's scans
+    convert to TFLite built-ins only with a static batch, see :mod:`tfllm.models.crf`)."""
+    return 1 if getattr(hf_model, "crf", None) is not None else None
+
+
 def serving_function(hf_model):
-    """``f(input_ids, attention_mask, token_type_ids) -> {"logits"}`` for batch 1, any length."""
-    spec = [tf.TensorSpec([1, None], tf.int32, name=name) for name in INPUT_NAMES]
+    """``f(input_ids, attention_mask, token_type_ids) -> {"logits"}`` at any length and (but for
+    a CRF tagger) any batch size."""
+    spec = [tf.TensorSpec([export_batch(hf_model), None], tf.int32, name=name) for name in INPUT_NAMES]
 
     @tf.function(input_signature=spec, autograph=False)  # plain TF ops: no AutoGraph conversion
     def serve(input_ids, attention_mask, token_type_ids):
@@ -308,7 +318,7 @@ def metadata(path: Path, mode: str, run: Run) -> dict:
         "float_ops": list(run.cfg.compression.int8.float_ops) if mode == "int8" else None,
         "input_tensors": {name: inputs[name]["name"] for name in INPUT_NAMES},
         "output_tensor": logits["name"],
-        "inputs": list(INPUT_NAMES), "input_shape": [1, -1],
+        "inputs": list(INPUT_NAMES), "input_shape": [int(inputs["input_ids"]["shape_signature"][0]), -1],
         "input_dtypes": {name: np.dtype(inputs[name]["dtype"]).name for name in INPUT_NAMES},
         "output": "logits", "output_dtype": np.dtype(logits["dtype"]).name,
         "output_quantization": ({"scale": float(scale), "zero_point": int(zero_point)}
@@ -317,7 +327,9 @@ def metadata(path: Path, mode: str, run: Run) -> dict:
                       "cls_token": tokenizer.cls_token, "sep_token": tokenizer.sep_token,
                       "unk_token": tokenizer.unk_token, "pad_token": tokenizer.pad_token},
         "usage": "tokenize one text (WordPiece, [CLS] text [SEP], truncate to max_length), resize "
-                 "the three int32 inputs to [1, n], set them, invoke; the task's outputs follow "
+                 "the three int32 inputs to [1, n], set them, invoke (where input_shape's batch is "
+                 "-1, texts may also go together: [b, n], padded with attention_mask 0); the "
+                 "task's outputs follow "
                  "from logits (softmax for classification, sigmoid for multi_label, per token for "
                  "token_classification)",
         **task_metadata(run),
@@ -332,14 +344,21 @@ def make_interpreter(path: str | Path, num_threads: Optional[int] = None):
 
 
 class TFLiteBackend:
-    """An exported ``.tflite`` model run by the LiteRT interpreter, one example at a time at its
-    own length (batch 1, no padding); the task and tokenizer come from the files beside it."""
+    """An exported ``.tflite`` model run by the LiteRT interpreter; the task and tokenizer come from
+    the files beside it.
+
+    ``outputs(encoded, batch_size)`` runs each text alone at its own length (no padding, as on a
+    phone) when ``batch_size`` is 1 or the model has batch 1; otherwise texts sorted by length go
+    ``batch_size`` at a time, padded to their longest (SST-2 dev, int8 MiniLM, groups of 16: 1.55x
+    the sentences/s, the same 872 predictions, logits within 0.05 of one-at-a-time: int8
+    activation ranges are shared across the batch)."""
 
     def __init__(self, path: Path, meta: dict, num_threads: Optional[int] = None):
         self.path, self.meta = Path(path), meta
         self.max_length = int(meta["max_length"])
         self.interpreter = make_interpreter(path, num_threads)
         self.inputs, self.output = io_details(self.interpreter)
+        self.batched = int(self.inputs["input_ids"]["shape_signature"][0]) == -1  # exports before: batch 1
         self.shape = None
         quant = meta.get("output_quantization")
         self.scale, self.zero_point = (quant["scale"], quant["zero_point"]) if quant else (None, None)
@@ -367,16 +386,22 @@ class TFLiteBackend:
                              f"{self.max_length} of {self.path.name}")
         if length < 1:
             raise TfllmError("empty input: a sequence needs at least one token")
-        feed = {name: np.asarray(features[name], dtype=np.int32).reshape(1, length) for name in INPUT_NAMES}
-        if self.shape != length:  # batch 1 at this text's length: no padding
+        return self.invoke({name: np.asarray(features[name], dtype=np.int32).reshape(1, length)
+                            for name in INPUT_NAMES})[0]
+
+    def invoke(self, feed: dict) -> np.ndarray:
+        """Float outputs of int32 ``[b, n]`` inputs; tensors are re-allocated only when the shape
+        changes."""
+        shape = feed["input_ids"].shape
+        if self.shape != shape:
             for name in INPUT_NAMES:
-                self.interpreter.resize_tensor_input(self.inputs[name]["index"], [1, length])
+                self.interpreter.resize_tensor_input(self.inputs[name]["index"], list(shape))
             self.interpreter.allocate_tensors()
-            self.shape = length
+            self.shape = shape
         for name in INPUT_NAMES:
             self.interpreter.set_tensor(self.inputs[name]["index"], feed[name])
         self.interpreter.invoke()
-        outputs = self.interpreter.get_tensor(self.output["index"])[0]
+        outputs = self.interpreter.get_tensor(self.output["index"])
         if self.scale is not None:
             outputs = (outputs.astype(np.float32) - self.zero_point) * self.scale
         return outputs.astype(np.float32)
@@ -384,10 +409,26 @@ class TFLiteBackend:
     def outputs(self, encoded: Encoded, batch_size: int = 1):
         """Per-example outputs in input order, as :func:`tfllm.tasks.base.keras_outputs` returns
         them. Examples run shortest first: the interpreter re-allocates its tensors whenever the
-        length changes, so equal lengths run back to back."""
+        shape changes, so equal shapes run back to back."""
+        if batch_size > 1 and self.batched:
+            return self.batched_outputs(encoded, batch_size)
         outputs: list = [None] * len(encoded)
         for i in np.argsort(encoded.lengths, kind="stable"):
             outputs[i] = self.run(example_features(encoded, i))
+        return per_example(outputs)
+
+    def batched_outputs(self, encoded: Encoded, batch_size: int):
+        """Texts sorted by length, ``batch_size`` at a time, each group padded to its longest."""
+        if len(encoded) and max(encoded.lengths) > self.max_length:
+            raise TfllmError(f"sequence of {max(encoded.lengths)} tokens is longer than the exported "
+                             f"max length {self.max_length} of {self.path.name}")
+        outputs: list = [None] * len(encoded)
+        order = np.argsort(encoded.lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            features = pad_batch(encoded, indices, multiple=1)[0]
+            for row, i in zip(self.invoke(features), indices):
+                outputs[i] = row[:len(encoded.input_ids[i])] if row.ndim == 2 else row
         return per_example(outputs)
 
 
