@@ -83,6 +83,7 @@ def test_every_tflite_variant_runs_in_litert_and_agrees_with_keras(run, sample):
         assert len(allocations) == len(set(predictor.task.encode(predictor.tokenizer, texts).lengths))
         # several texts per invoke, padded to the group's longest: one allocation per group
         allocations.clear()
+        predictor.backend.batch_texts = True
         batched = predictor.logits(texts, batch_size=16)
         assert len(allocations) == 7  # 100 texts in groups of 16
         mode = meta["quantize"]

@@ -189,14 +189,18 @@ def run_task_test(case, run_dir, dev, setup, capsys):
     result = predictor.evaluate(str(dev), root / "eval")
     assert result["examples"] > 0 and (root / "eval" / "metrics.json").is_file()
 
-    # TFLite: same outputs as Keras (LiteRT runs texts in padded groups of 64; a CRF tagger's
-    # export has batch 1 and runs each alone)
+    # TFLite: same outputs as Keras, each text alone at its own length and (but for a CRF
+    # tagger's batch-1 export) in padded groups of 64
     keras = predictor.logits(texts, pairs)
     [path] = export(run_dir, "tflite", "none")
     lite = Predictor.load(path)
     assert lite.task.name == case.task
     np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in lite.logits(texts, pairs)]),
                                np.concatenate([np.ravel(x) for x in keras]), atol=1e-4)
+    lite.backend.batch_texts = True
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in lite.logits(texts, pairs)]),
+                               np.concatenate([np.ravel(x) for x in keras]), atol=1e-4)
+    lite.backend.batch_texts = False
     assert_same_rows(lite.predict(texts, pairs), rows)
 
     # SavedModel: the token-id model behind the same Predictor gives Keras' rows; the raw-string

@@ -5,9 +5,8 @@ sequence length (``[None, None]`` int32 ``input_ids`` / ``attention_mask`` / ``t
 output ``logits``; batch 1 for a CRF tagger, whose decoding converts only with a static batch),
 and converted with built-in ops only (no Flex: the pip LiteRT runtime has no Flex delegate). An
 app tokenizes one text with the exported ``vocab.txt`` (no padding needed: resize the three
-inputs to ``[1, n]``, the text's length, at most ``max_length``), sets them and invokes; a server
-may also stack texts padded to the longest with ``attention_mask`` 0 (:class:`TFLiteBackend` with
-``batch_size`` > 1). The metadata JSON beside each model names the tensors and everything else.
+inputs to ``[1, n]``, the text's length, at most ``max_length``), sets them and invokes; texts may
+also go together padded to the longest with ``attention_mask`` 0 (``TFLiteBackend.batch_texts``). The metadata JSON beside each model names the tensors and everything else.
 The graph is frozen directly (``experimental_lower_to_saved_model=False``): ~10x faster to
 convert than through a temporary SavedModel, same ops, but no signature table.
 
@@ -348,10 +347,14 @@ class TFLiteBackend:
     the files beside it.
 
     ``outputs(encoded, batch_size)`` runs each text alone at its own length (no padding, as on a
-    phone) when ``batch_size`` is 1 or the model has batch 1; otherwise texts sorted by length go
-    ``batch_size`` at a time, padded to their longest (SST-2 dev, int8 MiniLM, groups of 16: 1.55x
-    the sentences/s, the same 872 predictions, logits within 0.05 of one-at-a-time: int8
-    activation ranges are shared across the batch)."""
+    phone). With ``batch_texts`` set (and a model exported with a dynamic batch), texts sorted by
+    length go ``batch_size`` at a time instead, padded to their longest; int8 logits then differ
+    slightly from one-at-a-time (activation ranges are shared across the batch). Off by default:
+    on the AVX512 EPYC the int8 MiniLM ran 0.82x the sentences/s of one-at-a-time in sorted groups
+    of 16 (``benchmarks/batch_gain.py`` in benchmarks/results/serve.md): every new ``[b, n]``
+    shape makes XNNPACK plan again, which costs what batching saves."""
+
+    batch_texts = False
 
     def __init__(self, path: Path, meta: dict, num_threads: Optional[int] = None):
         self.path, self.meta = Path(path), meta
@@ -410,7 +413,7 @@ class TFLiteBackend:
         """Per-example outputs in input order, as :func:`tfllm.tasks.base.keras_outputs` returns
         them. Examples run shortest first: the interpreter re-allocates its tensors whenever the
         shape changes, so equal shapes run back to back."""
-        if batch_size > 1 and self.batched:
+        if self.batch_texts and batch_size > 1 and self.batched:
             return self.batched_outputs(encoded, batch_size)
         outputs: list = [None] * len(encoded)
         for i in np.argsort(encoded.lengths, kind="stable"):
