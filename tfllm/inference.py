@@ -105,7 +105,7 @@ class Predictor:
 
     def pad_to(self, multiple: int) -> "Predictor":
         """Pad each forward pass to a multiple of ``multiple`` tokens from now on (Keras and
-        SavedModel; TFLite pads a group to its longest text); returns the predictor. Fewer distinct
+        SavedModel; TFLite runs each text at its own length); returns the predictor. Fewer distinct
         shapes keep a long-running process's memory bounded: oneDNN keeps state for every shape
         it has run."""
         if hasattr(self.backend, "multiple"):

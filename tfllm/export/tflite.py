@@ -6,7 +6,8 @@ output ``logits``; batch 1 for a CRF tagger, whose decoding converts only with a
 and converted with built-in ops only (no Flex: the pip LiteRT runtime has no Flex delegate). An
 app tokenizes one text with the exported ``vocab.txt`` (no padding needed: resize the three
 inputs to ``[1, n]``, the text's length, at most ``max_length``), sets them and invokes; texts may
-also go together padded to the longest with ``attention_mask`` 0 (``TFLiteBackend.batch_texts``). The metadata JSON beside each model names the tensors and everything else.
+also go together padded to the longest with ``attention_mask`` 0 (``TFLiteBackend.batch_texts``).
+The metadata JSON beside each model names the tensors and everything else.
 The graph is frozen directly (``experimental_lower_to_saved_model=False``): ~10x faster to
 convert than through a temporary SavedModel, same ops, but no signature table.
 
@@ -36,14 +37,13 @@ from tfllm import io, rundir
 from tfllm.compression import read_compression
 from tfllm.compression.ptq import calibration_features
 from tfllm.config import Config, from_dict
-from tfllm.data.pipeline import pad_batch
 from tfllm.data.readers import read_json
 from tfllm.data.tokenization import Encoded, load_tokenizer
 from tfllm.errors import TfllmError, first_line
 from tfllm.models.checkpoints import load_trained
 from tfllm.runs import Run, head_class, load_run
 from tfllm.tasks import task_for
-from tfllm.tasks.base import per_example
+from tfllm.tasks.base import per_example, sorted_batch_outputs
 
 log = logging.getLogger("tfllm")
 
@@ -384,11 +384,6 @@ class TFLiteBackend:
     def run(self, features: dict) -> np.ndarray:
         """Float outputs of one example given as int32 ``[1, n]`` arrays (batch axis dropped)."""
         length = int(np.shape(features["input_ids"])[-1])
-        if length > self.max_length:
-            raise TfllmError(f"sequence of {length} tokens is longer than the exported max length "
-                             f"{self.max_length} of {self.path.name}")
-        if length < 1:
-            raise TfllmError("empty input: a sequence needs at least one token")
         return self.invoke({name: np.asarray(features[name], dtype=np.int32).reshape(1, length)
                             for name in INPUT_NAMES})[0]
 
@@ -396,6 +391,11 @@ class TFLiteBackend:
         """Float outputs of int32 ``[b, n]`` inputs; tensors are re-allocated only when the shape
         changes."""
         shape = feed["input_ids"].shape
+        if shape[1] > self.max_length:
+            raise TfllmError(f"sequence of {shape[1]} tokens is longer than the exported max length "
+                             f"{self.max_length} of {self.path.name}")
+        if shape[1] < 1:
+            raise TfllmError("empty input: a sequence needs at least one token")
         if self.shape != shape:
             for name in INPUT_NAMES:
                 self.interpreter.resize_tensor_input(self.inputs[name]["index"], list(shape))
@@ -413,25 +413,11 @@ class TFLiteBackend:
         """Per-example outputs in input order, as :func:`tfllm.tasks.base.keras_outputs` returns
         them. Examples run shortest first: the interpreter re-allocates its tensors whenever the
         shape changes, so equal shapes run back to back."""
-        if self.batch_texts and batch_size > 1 and self.batched:
-            return self.batched_outputs(encoded, batch_size)
+        if self.batch_texts and batch_size > 1 and self.batched:  # padded to each group's longest
+            return sorted_batch_outputs(self.invoke, encoded, batch_size, multiple=1)
         outputs: list = [None] * len(encoded)
         for i in np.argsort(encoded.lengths, kind="stable"):
             outputs[i] = self.run(example_features(encoded, i))
-        return per_example(outputs)
-
-    def batched_outputs(self, encoded: Encoded, batch_size: int):
-        """Texts sorted by length, ``batch_size`` at a time, each group padded to its longest."""
-        if len(encoded) and max(encoded.lengths) > self.max_length:
-            raise TfllmError(f"sequence of {max(encoded.lengths)} tokens is longer than the exported "
-                             f"max length {self.max_length} of {self.path.name}")
-        outputs: list = [None] * len(encoded)
-        order = np.argsort(encoded.lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
-            features = pad_batch(encoded, indices, multiple=1)[0]
-            for row, i in zip(self.invoke(features), indices):
-                outputs[i] = row[:len(encoded.input_ids[i])] if row.ndim == 2 else row
         return per_example(outputs)
 
 

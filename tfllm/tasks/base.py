@@ -167,13 +167,21 @@ def keras_outputs(model, encoded: Encoded, batch_size: int = 64, multiple: int =
     with one ``[length, ...]`` array per example (padding cut off). Batches are padded in NumPy
     and run through :func:`inference_function` (a graph, not eager Keras: a one-text request
     costs milliseconds, not the ~100 ms of eager layer calls and a tf.data pipeline)."""
-    plan = BatchPlan(encoded.lengths, batch_size, shuffle=False, bucketing=True)
-    batches = plan.epoch(0)
+    def forward(features: dict) -> np.ndarray:
+        return np.asarray(inference_function(model, features)({k: tf.constant(v) for k, v in features.items()}))
+
+    return sorted_batch_outputs(forward, encoded, batch_size, multiple)
+
+
+def sorted_batch_outputs(forward, encoded: Encoded, batch_size: int, multiple: int):
+    """``forward(features) -> [b, ...] array`` over every example in length-sorted batches of
+    ``batch_size``, each padded to a multiple of ``multiple``; per-example outputs in input order
+    (per-token ones cut to each example's length), as :func:`per_example` returns them."""
+    batches = BatchPlan(encoded.lengths, batch_size, shuffle=False, bucketing=True).epoch(0)
     outputs: list = [None] * len(encoded)
     bar = batch_bar(len(batches))
     for number, indices in enumerate(batches, start=1):
-        features, _, _ = pad_batch(encoded, indices, multiple)
-        batch = np.asarray(inference_function(model, features)({k: tf.constant(v) for k, v in features.items()}))
+        batch = forward(pad_batch(encoded, indices, multiple)[0])
         for row, i in zip(batch, indices):
             outputs[i] = row[:len(encoded.input_ids[i])] if batch.ndim == 3 else row
         if bar is not None:
