@@ -9,7 +9,8 @@ batch 32, max_length 66), the tfllm classifier's pieces are timed one at a time,
 * ``input``: the tf.data pipeline alone (next batch);
 * ``forward``: the loss (training mode: dropout on);
 * ``forward+backward``: loss and gradients (the word-embedding gradient sparse, as the Trainer);
-* ``optimizer``: AdamW's update of every variable from fixed gradients;
+* ``optimizer``: the update of every variable from fixed gradients, as the train step makes it
+  (the fused AdamW's clip + update when the model uses it, else Keras' ``apply_gradients``);
 * ``train step``: the Trainer's real train function (all of the above, clipping, metrics);
 * ``host sync``: the train function plus reading the loss back every step, as the loop does.
 
@@ -134,7 +135,10 @@ def pieces(cfg, data, model, steps: int) -> list[tuple[str, float]]:
 
     @tf.function
     def optimizer_only(batch):
-        model.optimizer.apply_gradients(zip(fixed, variables), skip_gradients_aggregation=True)
+        if model._fused_update():
+            model.optimizer.apply_clipped(fixed, variables, model.max_grad_norm)
+        else:
+            model.optimizer.apply_gradients(zip(fixed, variables), skip_gradients_aggregation=True)
         return model.optimizer.iterations
 
     @tf.function
@@ -150,7 +154,7 @@ def pieces(cfg, data, model, steps: int) -> list[tuple[str, float]]:
 
     results = []
     for name, fn, sync in [("input (next batch)", input_only, wait), ("forward", forward, wait),
-                           ("forward+backward", forward_backward, wait), ("optimizer (AdamW, all variables)",
+                           ("forward+backward", forward_backward, wait), ("optimizer (clip + AdamW, all variables)",
                                                                           optimizer_only, wait),
                            ("train step (Trainer's train function)", train_step, wait)]:
         results.append((name, timed(fn, batches, sync)))
