@@ -7,7 +7,7 @@ from transformers import BertConfig, TFBertForMaskedLM, TFBertForSequenceClassif
 
 from tfllm.config import load_config
 from tfllm.models.checkpoints import load_pretrained
-from tfllm.models.precision import float32_gelu, gelu_in_float32
+from tfllm.models.precision import bfloat16_weights_for_inference, float32_gelu, gelu_in_float32
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0]])
@@ -39,6 +39,35 @@ def test_bf16_gelu_runs_in_float32_and_matches_the_bf16_one():
     assert op_dtypes(swapped, "Erfc") == [tf.float32] * 2
     a, b = (m(IDS, training=False).logits.numpy().astype(np.float32) for m in (plain, swapped))
     np.testing.assert_allclose(a, b, atol=0.05)  # same function; bf16 rounds differently
+
+
+def weight_casts(model) -> int:
+    """Casts of a float32 weight (a variable read) to bfloat16 in one forward pass's graph."""
+    graph = tf.function(lambda ids: model(ids, training=False).logits).get_concrete_function(IDS).graph
+    return sum(1 for op in graph.get_operations() if op.type == "Cast" and op.get_attr("DstT") == tf.bfloat16
+               and op.inputs[0].op.type == "ReadVariableOp" and op.inputs[0].dtype == tf.float32)
+
+
+def test_bfloat16_weights_cast_once_give_the_same_logits_and_leave_the_variables():
+    model = build("mixed_bfloat16")
+    before = model(IDS, training=False).logits.numpy()
+    weights = [(w.name, w.dtype, w.numpy()) for w in model.weights]
+    dense = [layer for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)]
+    assert weight_casts(model) >= 2 * len(dense)  # kernel and bias cast on every call
+    bfloat16_weights_for_inference(model)
+    assert weight_casts(model) == 0
+    np.testing.assert_array_equal(model(IDS, training=False).logits.numpy(), before)  # bit for bit
+    assert [(w.name, w.dtype) for w in model.weights] == [(n, d) for n, d, _ in weights]  # what it saves
+    for w, (_, _, value) in zip(model.weights, weights):
+        np.testing.assert_array_equal(w.numpy(), value)
+    assert len(model.trainable_weights) == len(weights)
+
+
+def test_float32_model_keeps_its_weights_for_inference():
+    model = build("float32")
+    kernels = [layer.kernel for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)]
+    bfloat16_weights_for_inference(model)
+    assert [layer.kernel for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)] == kernels
 
 
 def test_float32_model_is_unchanged():

@@ -337,12 +337,15 @@ def test_auto_precision_is_bf16_only_with_bf16_hardware_and_batches(monkeypatch)
 
 
 def test_a_run_predicts_in_bfloat16_as_well(run_dir, predictor, tmp_path):
+    import tensorflow as tf
     import tf_keras
 
     bf16 = Predictor.load(run_dir, precision="bfloat16")
     assert bf16.precision == "bfloat16" and tf_keras.mixed_precision.global_policy().name == "float32"
     dtypes = {layer.compute_dtype for layer in bf16.backend.model.bert.submodules if hasattr(layer, "kernel")}
     assert dtypes == {"bfloat16"}, dtypes
+    kernels = {layer.kernel.dtype for layer in bf16.backend.model.submodules if isinstance(layer, tf_keras.layers.Dense)}
+    assert kernels == {tf.bfloat16}, kernels  # cast once at load, not on every call
     texts = ["a warm, funny film", "dull and far too long", "fine"]
     logits, reference = bf16.logits(texts), predictor.logits(texts)
     assert logits.dtype == np.float32

@@ -12,7 +12,8 @@ input is float32).
     >>> bert = gelu_in_float32(TFBertForSequenceClassification(config))
 
 :func:`keras_policy` builds a model under a mixed-precision policy without leaking it into the
-models the process builds afterwards.
+models the process builds afterwards. :func:`bfloat16_weights_for_inference` makes a loaded
+bfloat16 model multiply by weights cast once rather than on every call.
 """
 from __future__ import annotations
 
@@ -53,3 +54,27 @@ def keras_policy(policy: str):
         yield
     finally:
         tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def bfloat16_weights_for_inference(model: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+    """Make every built ``mixed_bfloat16`` Dense layer of ``model`` multiply by a bfloat16 copy of
+    its kernel and bias made now, instead of casting its float32 variables on every call; returns
+    ``model``. For inference only: the copies do not follow later training.
+
+    The outputs are the same bit for bit (a copy is the rounding the per-call cast makes). The
+    layers' own variables, ``model.weights`` and what the model saves are untouched: the copies
+    are plain attributes Keras does not track. On an AVX512-BF16 EPYC the SST-2 MiniLM ran one
+    24-token text in 11.0 instead of 13.2 ms; batches of 16 or 32 texts, where matmuls dominate,
+    gained 0-3% (ad hoc, alternated in one process).
+
+        >>> predictor_model = bfloat16_weights_for_inference(load_run(path, policy="mixed_bfloat16").model)
+    """
+    for layer in model.submodules:
+        if not (isinstance(layer, tf_keras.layers.Dense) and layer.built and layer.compute_dtype == "bfloat16"):
+            continue
+        for name in ("kernel", "bias"):
+            weight = getattr(layer, name, None)
+            if weight is not None and weight.dtype == tf.float32:
+                copy = tf.Variable(tf.cast(weight, tf.bfloat16), trainable=False, name=f"{name}_bfloat16")
+                object.__setattr__(layer, name, copy)  # past Keras' attribute tracking
+    return model
