@@ -13,7 +13,10 @@ dev sentences in their file order, cycled:
 * **batch B, one pass**: ``predict(chunk, batch_size=B)`` on consecutive chunks of B sentences
   (the order a batcher receives them in), one forward pass padded to the chunk's longest text;
 * **batch B, sorted groups of G**: the same chunks with ``batch_size=G``: the Predictor sorts the
-  chunk by length and runs B/G passes, each padded only to its group's longest text.
+  chunk by length and runs B/G passes, each padded only to its group's longest text;
+* **batch B, one invoke per text** (TFLite, which runs each text at its own length unless
+  ``TFLiteBackend.batch_texts`` is set): chunks of B in one ``predict`` call, so only the
+  Predictor's per-call work (tokenizing, rows) is shared.
 
 The Keras model runs in float32 and, on a CPU with bf16 instructions, in bfloat16 too (what the
 service's ``--precision auto`` picks when batching; one text at a time it stays in float32).
@@ -88,8 +91,10 @@ def measure(name: str, predictor: Predictor, sentences: list[str], batch: int, g
     precision = predictor.precision
     rows = [{"backend": name, "precision": precision, "policy": "batch 1", "batch": 1, "group": 1,
              "sentences_per_s": throughput(predictor, chunks(sentences, 1), 1, seconds)}]
-    for group in [batch, *groups]:
-        policy = f"batch {batch}, one pass" if group == batch else f"batch {batch}, sorted groups of {group}"
+    one_at_a_time = not getattr(predictor.backend, "batch_texts", True)  # TFLite: one invoke per text
+    for group in [batch] if one_at_a_time else [batch, *groups]:
+        policy = (f"batch {batch}, one invoke per text" if one_at_a_time else
+                  f"batch {batch}, one pass" if group == batch else f"batch {batch}, sorted groups of {group}")
         rows.append({"backend": name, "precision": precision, "policy": policy, "batch": batch, "group": group,
                      "sentences_per_s": throughput(predictor, chunks(sentences, batch), group, seconds)})
     for row in rows:
