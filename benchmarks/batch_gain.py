@@ -91,7 +91,7 @@ def measure(name: str, predictor: Predictor, sentences: list[str], batch: int, g
     precision = predictor.precision
     rows = [{"backend": name, "precision": precision, "policy": "batch 1", "batch": 1, "group": 1,
              "sentences_per_s": throughput(predictor, chunks(sentences, 1), 1, seconds)}]
-    one_at_a_time = not getattr(predictor.backend, "batch_texts", True)  # TFLite: one invoke per text
+    one_at_a_time = not getattr(predictor.backend, "groups_texts", True)  # TFLite: one invoke per text
     for group in [batch] if one_at_a_time else [batch, *groups]:
         policy = (f"batch {batch}, one invoke per text" if one_at_a_time else
                   f"batch {batch}, one pass" if group == batch else f"batch {batch}, sorted groups of {group}")

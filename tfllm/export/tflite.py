@@ -351,7 +351,7 @@ class TFLiteBackend:
     length go ``batch_size`` at a time instead, padded to their longest; int8 logits then differ
     slightly from one-at-a-time (activation ranges are shared across the batch). Off by default:
     on the AVX512 EPYC the int8 MiniLM ran 0.82x the sentences/s of one-at-a-time in sorted groups
-    of 16 (``benchmarks/batch_gain.py`` in benchmarks/results/serve.md): every new ``[b, n]``
+    of 16 (``benchmarks/batch_gain.py`` in benchmarks/results/serve-tflite-groups.md): every new ``[b, n]``
     shape makes XNNPACK plan again, which costs what batching saves."""
 
     batch_texts = False
@@ -365,6 +365,12 @@ class TFLiteBackend:
         self.shape = None
         quant = meta.get("output_quantization")
         self.scale, self.zero_point = (quant["scale"], quant["zero_point"]) if quant else (None, None)
+
+    @property
+    def groups_texts(self) -> bool:
+        """Whether :meth:`outputs` pads texts into groups (``batch_texts`` set, dynamic-batch export)
+        rather than running each text alone."""
+        return self.batch_texts and self.batched
 
     @classmethod
     def load(cls, path: str | Path, num_threads: Optional[int] = None):
@@ -413,7 +419,7 @@ class TFLiteBackend:
         """Per-example outputs in input order, as :func:`tfllm.tasks.base.keras_outputs` returns
         them. Examples run shortest first: the interpreter re-allocates its tensors whenever the
         shape changes, so equal shapes run back to back."""
-        if self.batch_texts and batch_size > 1 and self.batched:  # padded to each group's longest
+        if self.groups_texts and batch_size > 1:  # padded to each group's longest
             return sorted_batch_outputs(self.invoke, encoded, batch_size, multiple=1)
         outputs: list = [None] * len(encoded)
         for i in np.argsort(encoded.lengths, kind="stable"):
