@@ -92,8 +92,10 @@ class EmaRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         def update():
             values = tf.cast(inputs, tf.float32)
             if token_mask is not None and values.shape.rank == 3:
-                # padding -> 0, which every range contains anyway
-                values = tf.where(tf.cast(token_mask, tf.bool)[:, :, None], values, 0.0)
+                # padding -> 0, which every range contains anyway; a classifier's last layer holds
+                # the first position only (models/first_token.py), so the mask is cut to fit
+                mask = tf.cast(token_mask[:, :tf.shape(values)[1]], tf.bool)
+                values = tf.where(mask[:, :, None], values, 0.0)
             low, high = global_min_max(values)
             low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)  # the range must contain 0
             first = tf.equal(seen, 0)

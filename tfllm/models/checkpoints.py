@@ -25,6 +25,7 @@ from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf
 from tfllm import rundir
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError, first_line
+from tfllm.models.first_token import first_token_last_layer
 from tfllm.models.precision import gelu_in_float32
 
 log = logging.getLogger("tfllm")
@@ -113,7 +114,7 @@ def from_pretrained(model_cls, directory: str, **kwargs):
 
 def load_trained(model_cls, model_dir):
     """A trained model from a run's ``model/`` (a ``save_pretrained`` folder): every weight of
-    ``model_cls`` must be in its ``tf_model.h5``. Its GELU computes in float32 (models.precision)."""
+    ``model_cls`` must be in its ``tf_model.h5``; returns the model :func:`prepared` for tfllm."""
     source = resolve_checkpoint(str(model_dir))
     if not (Path(source) / "tf_model.h5").is_file():
         raise TfllmError(f"{Path(source) / 'tf_model.h5'}: not found; the run did not finish saving")
@@ -122,7 +123,7 @@ def load_trained(model_cls, model_dir):
         missing = sorted(info["missing_keys"])
         raise TfllmError(f"{Path(source) / 'tf_model.h5'}: no weights for {', '.join(missing[:3])}"
                          f"{' ...' if len(missing) > 3 else ''}; not a {model_cls.__name__} checkpoint")
-    return gelu_in_float32(model)
+    return prepared(model)
 
 
 def load_bert_config(spec: str, **overrides):
@@ -138,10 +139,17 @@ def load_bert_config(spec: str, **overrides):
 
 
 def load_pretrained(model_cls, spec: str, **config_overrides):
-    """Build ``model_cls`` (a TFBert* class) from a checkpoint; returns ``(model, LoadReport)``.
-    The model's GELU computes in float32 (see :mod:`tfllm.models.precision`)."""
+    """Build ``model_cls`` (a TFBert* class) from a checkpoint; returns ``(model, LoadReport)``,
+    the model :func:`prepared` for tfllm."""
     model, report = _build_from_checkpoint(model_cls, spec, **config_overrides)
-    return gelu_in_float32(model), report
+    return prepared(model), report
+
+
+def prepared(model):
+    """``model`` as tfllm runs it (same weights, same outputs): its GELU computes in float32
+    (:mod:`tfllm.models.precision`) and a sequence classifier's last layer computes only the
+    ``[CLS]`` position its head reads (:mod:`tfllm.models.first_token`)."""
+    return first_token_last_layer(gelu_in_float32(model))
 
 
 def _build_from_checkpoint(model_cls, spec: str, **config_overrides):
