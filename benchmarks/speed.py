@@ -26,7 +26,8 @@ so that torch never enters tfllm's environment. Both sides use the packaged Mini
    ``Trainer`` + ``DataCollatorForLanguageModeling`` on blocks cut the same way; tokens/s.
 4. **Yardstick**: ``tf.matmul`` at the model's own shapes (tokens per batch x 384 by 384 x 384,
    384 x 1536 and 1536 x 384, as in one encoder layer) in float32 and bfloat16; each training row's
-   FLOP/s (``6 N L + 12 n_layers d L^2`` per sequence, L the padded length) as a fraction of it.
+   FLOP/s (``6 N L + 12 n_layers d L^2`` per sequence, L the padded length, less the last layer's
+   positions after [CLS] for tfllm's fine-tuning, which does not compute them) as a fraction of it.
 
 Prints a Markdown report ending in one ``RESULT`` line; writes it to ``--out/speed.md`` and, with a
 header, to ``benchmarks/results/speed.md``.
@@ -277,9 +278,17 @@ def layer_matmul_rate(tokens: int, dtype, repeats: int = 20) -> float:
     return flops / float(np.median(times))
 
 
+# tfllm's classifier computes its last layer's query, attention output and feed-forward block
+# for [CLS] alone (tfllm/models/first_token.py): parameters it multiplies once, not per token
+LAST_LAYER_FIRST_TOKEN_ONLY = 2 * (HIDDEN * HIDDEN + HIDDEN) + (HIDDEN * FFN + FFN) + (FFN * HIDDEN + HIDDEN)
+
+
 def training_flops(row: Row, params: int = 10_795_394) -> float:
+    """FLOP/s the row's system performs (tfllm's fine-tuning skips part of the last layer)."""
     length = row.padded_length
     per_sequence = common.training_flops_per_sequence(params, LAYERS, HIDDEN, length, length ** 2)
+    if row.job == "fine-tune" and row.system == "tfllm":
+        per_sequence -= 6.0 * LAST_LAYER_FIRST_TOKEN_ONLY * (length - 1) + 12.0 * HIDDEN * (length ** 2 - length)
     sequences = row.rate / (BLOCK if row.unit == "tokens/s" else 1)
     return per_sequence * sequences
 
