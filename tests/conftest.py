@@ -95,6 +95,24 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
+TINY_BERT = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def tiny_bert(policy: str = "float32", model_cls=None, **config):
+    """A seeded, built Hugging Face ``model_cls`` (default ``TFBertForSequenceClassification``) of a
+    64-word, 2-layer, 32-wide random BERT (``config`` overrides it), made under Keras ``policy``."""
+    import tensorflow as tf
+    from transformers import BertConfig, TFBertForSequenceClassification
+
+    from tfllm.models.precision import keras_policy
+
+    with keras_policy(policy):
+        tf.keras.utils.set_random_seed(0)
+        model = (model_cls or TFBertForSequenceClassification)(BertConfig(**{**TINY_BERT, **config}))
+        model(model.dummy_inputs, training=False)
+    return model
+
+
 @pytest.fixture()
 def sentiment_files(tmp_path):
     """Small train/dev TSV files with labels pos/neg."""

@@ -4,27 +4,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-from transformers import BertConfig, TFBertForMaskedLM, TFBertForSequenceClassification, TFBertForTokenClassification
+from transformers import TFBertForMaskedLM, TFBertForSequenceClassification, TFBertForTokenClassification
 
+from conftest import tiny_bert
 from tfllm.models.checkpoints import load_pretrained
 from tfllm.models.first_token import FirstTokenBertLayer, first_token_last_layer
 
-TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0], [2, 8, 8, 8, 8, 3]])
 MASK = tf.cast(IDS > 0, tf.int32)
 LABELS = tf.constant([0, 1, 1])
-
-
-def build(policy: str = "float32", model_cls=TFBertForSequenceClassification):
-    previous = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy(policy)
-    try:
-        tf.keras.utils.set_random_seed(0)
-        model = model_cls(BertConfig(**TINY))
-        model(model.dummy_inputs, training=False)
-        return model
-    finally:
-        tf_keras.mixed_precision.set_global_policy(previous)
 
 
 def logits_and_grads(model):
@@ -37,7 +25,7 @@ def logits_and_grads(model):
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_first_token_layer_gives_the_same_logits_and_gradients(policy):
-    model = build(policy)
+    model = tiny_bert(policy)
     names = [w.name for w in model.weights]
     full_logits, full_grads = logits_and_grads(model)
     assert model.bert(IDS, attention_mask=MASK).last_hidden_state.shape == (3, 6, 32)
@@ -55,7 +43,7 @@ def test_first_token_layer_gives_the_same_logits_and_gradients(policy):
 
 def test_the_padding_mask_still_applies_to_the_last_layers_keys():
     """Padding must stay out of [CLS]'s attention: changing a padded token's id moves nothing."""
-    model = first_token_last_layer(build())
+    model = first_token_last_layer(tiny_bert())
     changed = tf.tensor_scatter_nd_update(IDS, [[1, 4]], [9])  # row 1, a padded position
     a = model(IDS, attention_mask=MASK).logits.numpy()
     b = model(changed, attention_mask=MASK).logits.numpy()
@@ -66,7 +54,7 @@ def test_the_padding_mask_still_applies_to_the_last_layers_keys():
 
 @pytest.mark.parametrize("model_cls", [TFBertForTokenClassification, TFBertForMaskedLM])
 def test_heads_that_read_every_position_keep_the_whole_last_layer(model_cls):
-    model = first_token_last_layer(build(model_cls=model_cls))
+    model = first_token_last_layer(tiny_bert(model_cls=model_cls))
     assert all(type(layer) is not FirstTokenBertLayer for layer in model.bert.encoder.layer)
 
 

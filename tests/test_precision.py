@@ -3,26 +3,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-from transformers import BertConfig, TFBertForMaskedLM, TFBertForSequenceClassification
+from transformers import TFBertForMaskedLM, TFBertForSequenceClassification
 
+from conftest import tiny_bert
 from tfllm.config import load_config
 from tfllm.models.checkpoints import load_pretrained
 from tfllm.models.precision import bfloat16_weights_for_inference, float32_gelu, gelu_in_float32
 
-TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0]])
-
-
-def build(policy: str, model_cls=TFBertForSequenceClassification, **config):
-    previous = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy(policy)
-    try:
-        tf.keras.utils.set_random_seed(0)
-        model = model_cls(BertConfig(**{**TINY, **config}))
-        model(model.dummy_inputs, training=False)
-        return model
-    finally:
-        tf_keras.mixed_precision.set_global_policy(previous)
 
 
 def op_dtypes(model, op_type: str) -> list:
@@ -32,9 +20,9 @@ def op_dtypes(model, op_type: str) -> list:
 
 
 def test_bf16_gelu_runs_in_float32_and_matches_the_bf16_one():
-    plain = build("mixed_bfloat16")
+    plain = tiny_bert("mixed_bfloat16")
     assert op_dtypes(plain, "Erfc") == [tf.bfloat16] * 2  # Hugging Face's GELU, in bf16
-    swapped = gelu_in_float32(build("mixed_bfloat16"))
+    swapped = gelu_in_float32(tiny_bert("mixed_bfloat16"))
     assert all(layer.intermediate.intermediate_act_fn is float32_gelu for layer in swapped.bert.encoder.layer)
     assert op_dtypes(swapped, "Erfc") == [tf.float32] * 2
     a, b = (m(IDS, training=False).logits.numpy().astype(np.float32) for m in (plain, swapped))
@@ -49,7 +37,7 @@ def weight_casts(model) -> int:
 
 
 def test_bfloat16_weights_cast_once_give_the_same_logits_and_leave_the_variables():
-    model = build("mixed_bfloat16")
+    model = tiny_bert("mixed_bfloat16")
     before = model(IDS, training=False).logits.numpy()
     weights = [(w.name, w.dtype, w.numpy()) for w in model.weights]
     dense = [layer for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)]
@@ -64,22 +52,22 @@ def test_bfloat16_weights_cast_once_give_the_same_logits_and_leave_the_variables
 
 
 def test_float32_model_keeps_its_weights_for_inference():
-    model = build("float32")
+    model = tiny_bert("float32")
     kernels = [layer.kernel for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)]
     bfloat16_weights_for_inference(model)
     assert [layer.kernel for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)] == kernels
 
 
 def test_float32_model_is_unchanged():
-    plain, swapped = build("float32"), gelu_in_float32(build("float32"))
+    plain, swapped = tiny_bert("float32"), gelu_in_float32(tiny_bert("float32"))
     np.testing.assert_array_equal(plain(IDS).logits.numpy(), swapped(IDS).logits.numpy())
     assert op_dtypes(swapped, "Erfc") == [tf.float32] * 2
 
 
 def test_masked_lm_head_and_other_activations():
-    mlm = gelu_in_float32(build("float32", TFBertForMaskedLM))
+    mlm = gelu_in_float32(tiny_bert("float32", TFBertForMaskedLM))
     assert mlm.mlm.predictions.transform.transform_act_fn is float32_gelu
-    relu = gelu_in_float32(build("float32", hidden_act="relu"))
+    relu = gelu_in_float32(tiny_bert("float32", hidden_act="relu"))
     assert all(layer.intermediate.intermediate_act_fn is not float32_gelu for layer in relu.bert.encoder.layer)
 
 
