@@ -7,8 +7,11 @@ from transformers import TFBertForMaskedLM, TFBertForSequenceClassification
 
 from conftest import tiny_bert
 from tfllm.config import load_config
+from tfllm.data.tokenization import load_tokenizer
 from tfllm.models.checkpoints import load_pretrained
-from tfllm.models.precision import bfloat16_weights_for_inference, float32_gelu, gelu_in_float32
+from tfllm.models.masked_lm import build_masked_lm
+from tfllm.models.precision import (UnbiasedDropout, bfloat16_weights_for_inference, float32_gelu, gelu_in_float32,
+                                   keras_policy, unbiased_dropout)
 
 IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0]])
 
@@ -74,6 +77,70 @@ def test_masked_lm_head_and_other_activations():
 def test_loaded_checkpoints_get_it(tiny_checkpoint):
     model, _ = load_pretrained(TFBertForSequenceClassification, tiny_checkpoint, num_labels=2)
     assert all(layer.intermediate.intermediate_act_fn is float32_gelu for layer in model.bert.encoder.layer)
+    assert {type(layer) for layer in model.submodules if isinstance(layer, tf_keras.layers.Dropout)} == {UnbiasedDropout}
+
+
+# --- dropout in bfloat16 ------------------------------------------------------------------------
+def dropout_output(cls, rate: float, policy: str, shape=(4096, 384)) -> tf.Tensor:
+    """``cls(rate)`` made under Keras ``policy`` (a layer computes in its policy's dtype) on ones."""
+    with keras_policy(policy):
+        layer = cls(rate)
+        output = layer(tf.ones(shape, layer.compute_dtype), training=True)
+    assert output.dtype == layer.compute_dtype
+    return tf.cast(output, tf.float32)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_half_precision_dropout_keeps_the_expectation(rate, policy):
+    """Keras' bf16 dropout averages 0.9968 at rate 0.1 (1.5M draws: sampling noise ~3e-4)."""
+    tf_keras.utils.set_random_seed(0)
+    output = dropout_output(UnbiasedDropout, rate, policy)
+    assert abs(float(tf.reduce_mean(output)) - 1.0) < 1e-3
+    assert abs(float(tf.reduce_mean(tf.cast(output != 0, tf.float32))) - (1 - rate)) < 3e-3
+
+
+def test_keras_bfloat16_dropout_is_biased():
+    """What UnbiasedDropout fixes (if TensorFlow ever fixes it, this fails and the swap can go)."""
+    tf_keras.utils.set_random_seed(0)
+    assert float(tf.reduce_mean(dropout_output(tf_keras.layers.Dropout, 0.1, "mixed_bfloat16"))) < 0.998
+
+
+def test_unbiased_dropout_float32_inference_and_seeds():
+    x = tf.random.normal([64, 24])
+    tf_keras.utils.set_random_seed(3)
+    ours = UnbiasedDropout(0.1)(x, training=True)
+    tf_keras.utils.set_random_seed(3)
+    np.testing.assert_array_equal(ours.numpy(), tf_keras.layers.Dropout(0.1)(x, training=True).numpy())
+    half = tf.cast(x, tf.bfloat16)
+    masks = []
+    with keras_policy("mixed_bfloat16"):
+        np.testing.assert_array_equal(UnbiasedDropout(0.1)(half, training=False).numpy(), half.numpy())
+        for _ in range(2):
+            tf_keras.utils.set_random_seed(5)
+            masks.append(UnbiasedDropout(0.1)(half[:, :23], training=True).numpy())  # odd element count
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert masks[0].dtype == tf.bfloat16.as_numpy_dtype
+    assert masks[0].shape == (64, 23) and 0 < (masks[0] == 0).mean() < 0.3
+
+
+def test_every_dropout_of_a_model_is_swapped_and_trains():
+    bert = unbiased_dropout(tiny_bert("mixed_bfloat16"))
+    drops = [layer for layer in bert.submodules if isinstance(layer, tf_keras.layers.Dropout)]
+    assert len(drops) == 2 * 3 + 2 and all(type(layer) is UnbiasedDropout for layer in drops)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(bert(IDS, training=True).logits, tf.float32))
+    grads = tape.gradient(loss, bert.trainable_variables)
+    assert all(g is not None for g in grads)
+    np.testing.assert_array_equal(bert(IDS, training=False).logits.numpy(), bert(IDS, training=False).logits.numpy())
+
+
+def test_scratch_masked_lm_is_prepared(tiny_checkpoint):
+    with keras_policy("mixed_bfloat16"):
+        model, _ = build_masked_lm(load_config(None, ["model.checkpoint=scratch", "model.preset=tiny"]).model,
+                                   load_tokenizer(tiny_checkpoint))
+    drops = [layer for layer in model.bert.submodules if isinstance(layer, tf_keras.layers.Dropout)]
+    assert drops and all(type(layer) is UnbiasedDropout for layer in drops)
 
 
 @pytest.mark.parametrize("overrides, multiple", [

@@ -42,9 +42,8 @@ from tfllm.config import ModelConfig
 from tfllm.data.masking import IGNORE
 from tfllm.errors import TfllmError
 from tfllm.models.base import TaskModel
-from tfllm.models.checkpoints import LoadReport, load_pretrained
+from tfllm.models.checkpoints import LoadReport, load_pretrained, prepared
 from tfllm.models.freezing import apply_freezing
-from tfllm.models.precision import gelu_in_float32
 
 log = logging.getLogger("tfllm")
 
@@ -239,7 +238,7 @@ def build_masked_lm(cfg: ModelConfig, tokenizer, nsp: bool = False, grad_accum_s
     model_cls = TFBertForPreTraining if nsp else masked_lm_class()
     if cfg.checkpoint == SCRATCH:
         config = scratch_config(cfg, len(tokenizer), tokenizer.pad_token_id or 0)
-        bert = gelu_in_float32(model_cls(config))
+        bert = prepared(model_cls(config))
         bert(bert.dummy_inputs, training=False)
         report = LoadReport("scratch (random initialisation)")
         log.info("random initialisation: %s, %.2fM parameters", describe_size(config),

@@ -11,6 +11,13 @@ input is float32).
 
     >>> bert = gelu_in_float32(TFBertForSequenceClassification(config))
 
+Keras' dropout is biased in bfloat16: it draws its uniform numbers in the input's dtype (128
+distinct values in [0, 1)) and scales by ``1 / (1 - rate)`` rounded to bfloat16, so at rate 0.1
+it drops 10.16% and scales by 1.109375: a kept-and-scaled activation averages 0.9968 of its
+input instead of 1, at each of BERT's 20 dropouts, in training only. :func:`unbiased_dropout`
+swaps in :class:`UnbiasedDropout`, whose expectation is the input's to 2e-6 (and whose masks
+cost half the random bits); float32 models keep Keras' own dropout.
+
 :func:`keras_policy` builds a model under a mixed-precision policy without leaking it into the
 models the process builds afterwards. :func:`bfloat16_weights_for_inference` makes a loaded
 bfloat16 model multiply by weights cast once rather than on every call.
@@ -41,6 +48,48 @@ def gelu_in_float32(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
         for attribute in ACTIVATION_ATTRIBUTES:
             if getattr(layer, attribute, None) is tf_keras.activations.gelu:
                 setattr(layer, attribute, float32_gelu)
+    return bert
+
+
+class UnbiasedDropout(tf_keras.layers.Dropout):
+    """Keras' ``Dropout`` whose output has its input's expectation in bfloat16 and float16 too.
+
+    The scale ``s = 1 / (1 - rate)`` is rounded to the input's dtype first (1.109375 in bfloat16
+    for rate 0.1), then each element is kept with probability ``round(65536 / s) / 65536``, so
+    ``P(keep) * s = 1`` to 2e-6; the mask compares 16-bit halves of random int32s with that
+    threshold (one 32-bit draw per two elements). float32 inputs take Keras' own path unchanged.
+
+        >>> layer = UnbiasedDropout(0.1)
+        >>> y = layer(tf.ones([4096, 384], tf.bfloat16), training=True)  # mean 1.000, not 0.9968
+    """
+
+    def call(self, inputs, training=None):
+        if inputs.dtype == tf.float32 or self.rate == 0:
+            return super().call(inputs, training=training)
+        if training is None:
+            training = tf_keras.backend.learning_phase()
+        return tf.__internal__.smart_cond.smart_cond(
+            training, lambda: self.dropped(inputs), lambda: tf.identity(inputs))
+
+    def dropped(self, inputs):
+        scale = inputs.dtype.as_numpy_dtype(1.0 / (1.0 - self.rate))  # what the dtype can hold
+        threshold = round(65536 / float(scale)) - 32768  # signed 16-bit: P(half < threshold) = P(keep)
+        shape = self._get_noise_shape(inputs)
+        shape = tf.shape(inputs) if shape is None else shape
+        count = tf.reduce_prod(shape)
+        bits = self._random_generator.random_uniform([(count + 1) // 2], minval=-2 ** 31, maxval=2 ** 31 - 1,
+                                                     dtype=tf.int32)
+        halves = tf.reshape(tf.bitcast(bits, tf.int16), [-1])[:count]
+        keep = tf.reshape(halves < threshold, shape)
+        return tf.where(keep, inputs * tf.constant(scale, inputs.dtype), tf.zeros([], inputs.dtype))
+
+
+def unbiased_dropout(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+    """Make every Keras ``Dropout`` layer inside ``bert`` an :class:`UnbiasedDropout` (same object
+    and config; only ``call`` differs); returns ``bert``. Call it before the model is first traced."""
+    for layer in bert.submodules:
+        if type(layer) is tf_keras.layers.Dropout:
+            layer.__class__ = UnbiasedDropout
     return bert
 
 
