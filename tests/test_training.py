@@ -211,7 +211,8 @@ def test_early_stopping_restores_best(tiny_checkpoint, sentiment_files, tmp_path
 
 
 @pytest.mark.parametrize("switch", ["train.mixed_precision=mixed_bfloat16",
-                                    "train.jit_compile=true data.pad_to_multiple_of=32"])
+                                    "train.jit_compile=true data.pad_to_multiple_of=32",
+                                    "train.mixed_precision=mixed_bfloat16 train.jit_compile=true"])
 def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_path, switch):
     train, dev = sentiment_files
     try:
