@@ -222,7 +222,7 @@ def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert np.isfinite(metrics["dev"]["loss"])
         if "mixed_" in switch:
-            assert info["precision"] == switch.split("=")[1]
+            assert info["precision"] == switch.split()[0].split("=")[1]
             assert info["precision_reason"] == "train.mixed_precision"
         # the run's policy ends with the run: models built afterwards in this process are float32
         assert tf_keras.mixed_precision.global_policy().name == "float32"
