@@ -100,6 +100,11 @@ def test_half_precision_dropout_keeps_the_expectation(rate, policy):
     assert abs(float(tf.reduce_mean(tf.cast(output != 0, tf.float32))) - (1 - rate)) < 3e-3
 
 
+def test_a_rate_whose_bfloat16_scale_rounds_to_one_keeps_everything():
+    output = dropout_output(UnbiasedDropout, 0.002, "mixed_bfloat16", shape=(64, 32))  # 1/0.998 -> 1.0
+    np.testing.assert_array_equal(output.numpy(), np.ones((64, 32), np.float32))
+
+
 def test_keras_bfloat16_dropout_is_biased():
     """What UnbiasedDropout fixes (if TensorFlow ever fixes it, this fails and the swap can go)."""
     tf_keras.utils.set_random_seed(0)

@@ -15,7 +15,7 @@ Keras' dropout is biased in bfloat16: it draws its uniform numbers in the input'
 distinct values in [0, 1)) and scales by ``1 / (1 - rate)`` rounded to bfloat16, so at rate 0.1
 it drops 10.16% and scales by 1.109375: a kept-and-scaled activation averages 0.9968 of its
 input instead of 1, at each of BERT's 20 dropouts, in training only. :func:`unbiased_dropout`
-swaps in :class:`UnbiasedDropout`, whose expectation is the input's to 2e-6 (and whose masks
+swaps in :class:`UnbiasedDropout`, whose expectation is the input's within 1e-5 (and whose masks
 cost half the random bits); float32 models keep Keras' own dropout.
 
 :func:`keras_policy` builds a model under a mixed-precision policy without leaking it into the
@@ -56,7 +56,7 @@ class UnbiasedDropout(tf_keras.layers.Dropout):
 
     The scale ``s = 1 / (1 - rate)`` is rounded to the input's dtype first (1.109375 in bfloat16
     for rate 0.1), then each element is kept with probability ``round(65536 / s) / 65536``, so
-    ``P(keep) * s = 1`` to 2e-6; the mask compares 16-bit halves of random int32s with that
+    ``P(keep) * s = 1`` within 1e-5; the mask compares 16-bit halves of random int32s with that
     threshold (one 32-bit draw per two elements). float32 inputs take Keras' own path unchanged.
 
         >>> layer = UnbiasedDropout(0.1)
@@ -74,6 +74,8 @@ class UnbiasedDropout(tf_keras.layers.Dropout):
     def dropped(self, inputs):
         scale = inputs.dtype.as_numpy_dtype(1.0 / (1.0 - self.rate))  # what the dtype can hold
         threshold = round(65536 / float(scale)) - 32768  # signed 16-bit: P(half < threshold) = P(keep)
+        if threshold > 32767:  # a rate so small that its scale rounds to 1: every element is kept
+            return tf.identity(inputs)
         shape = self._get_noise_shape(inputs)
         shape = tf.shape(inputs) if shape is None else shape
         count = tf.reduce_prod(shape)
