@@ -10,8 +10,9 @@ from tfllm.config import load_config
 from tfllm.data.tokenization import load_tokenizer
 from tfllm.models.checkpoints import load_pretrained
 from tfllm.models.masked_lm import build_masked_lm
-from tfllm.models.precision import (UnbiasedDropout, bfloat16_weights_for_inference, float32_gelu, gelu_in_float32,
-                                   keras_policy, unbiased_dropout)
+from tfllm.models.precision import (Float32BiasGradientDense, UnbiasedDropout, bfloat16_weights_for_inference,
+                                   float32_bias_gradients, float32_gelu, gelu_in_float32, keras_policy,
+                                   unbiased_dropout)
 
 IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0]])
 
@@ -78,6 +79,7 @@ def test_loaded_checkpoints_get_it(tiny_checkpoint):
     model, _ = load_pretrained(TFBertForSequenceClassification, tiny_checkpoint, num_labels=2)
     assert all(layer.intermediate.intermediate_act_fn is float32_gelu for layer in model.bert.encoder.layer)
     assert {type(layer) for layer in model.submodules if isinstance(layer, tf_keras.layers.Dropout)} == {UnbiasedDropout}
+    assert {type(layer) for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)} == {Float32BiasGradientDense}
 
 
 # --- dropout in bfloat16 ------------------------------------------------------------------------
@@ -153,3 +155,47 @@ def test_scratch_masked_lm_is_prepared(tiny_checkpoint):
     (["data.pad_to_multiple_of=4", "train.jit_compile=true"], 4)])
 def test_padding_multiple_default_follows_xla(overrides, multiple):
     assert load_config(None, overrides).padding_multiple == multiple
+
+
+# --- Dense bias gradients in bfloat16 -------------------------------------------------------------
+def dense_outputs_and_gradients(cls, policy: str, shape):
+    """A seeded ``cls(8, tanh)`` under ``policy`` on fixed inputs: (outputs, [kernel grad, bias grad])."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=shape + (16,)), tf.float32)
+    upstream = tf.constant(rng.normal(size=shape + (8,)) * 1e-3 + 3e-4, tf.float32)  # small, biased: a bias gradient
+    with keras_policy(policy):
+        tf_keras.utils.set_random_seed(0)
+        layer = cls(8, activation="tanh")
+        layer.build((None, 16))
+    with tf.GradientTape() as tape:
+        outputs = layer(x)
+        loss = tf.reduce_sum(tf.cast(outputs, tf.float32) * upstream)
+    return outputs.numpy().astype(np.float32), [g.numpy() for g in tape.gradient(loss, [layer.kernel, layer.bias])]
+
+
+@pytest.mark.parametrize("shape", [(2000,), (4, 500)])
+def test_bfloat16_dense_bias_gradient_is_summed_in_float32(shape):
+    _, exact = dense_outputs_and_gradients(tf_keras.layers.Dense, "float32", shape)
+    keras_out, keras = dense_outputs_and_gradients(tf_keras.layers.Dense, "mixed_bfloat16", shape)
+    ours_out, ours = dense_outputs_and_gradients(Float32BiasGradientDense, "mixed_bfloat16", shape)
+    error = lambda grads: np.linalg.norm(grads[1] - exact[1]) / np.linalg.norm(exact[1])
+    assert error(keras) > 0.02  # TensorFlow's bf16 BiasAddGrad sums in bfloat16 (8% here)
+    assert error(ours) < 0.005
+    np.testing.assert_array_equal(ours_out, keras_out)  # same outputs, bit for bit
+    np.testing.assert_array_equal(ours[0], keras[0])    # same kernel gradient
+
+
+def test_float32_dense_is_keras_own():
+    keras_out, keras = dense_outputs_and_gradients(tf_keras.layers.Dense, "float32", (64,))
+    ours_out, ours = dense_outputs_and_gradients(Float32BiasGradientDense, "float32", (64,))
+    np.testing.assert_array_equal(ours_out, keras_out)
+    for a, b in zip(ours, keras):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_dense_of_a_model_is_swapped_with_the_same_logits():
+    plain = tiny_bert("mixed_bfloat16")
+    swapped = float32_bias_gradients(tiny_bert("mixed_bfloat16"))
+    assert {type(layer) for layer in swapped.submodules if isinstance(layer, tf_keras.layers.Dense)} == {
+        Float32BiasGradientDense}
+    np.testing.assert_array_equal(plain(IDS).logits.numpy(), swapped(IDS).logits.numpy())

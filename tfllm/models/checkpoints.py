@@ -26,7 +26,7 @@ from tfllm import rundir
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError, first_line
 from tfllm.models.first_token import first_token_last_layer
-from tfllm.models.precision import gelu_in_float32, unbiased_dropout
+from tfllm.models.precision import float32_bias_gradients, gelu_in_float32, unbiased_dropout
 
 log = logging.getLogger("tfllm")
 
@@ -147,10 +147,10 @@ def load_pretrained(model_cls, spec: str, **config_overrides):
 
 def prepared(model):
     """``model`` as tfllm runs it (same weights, same outputs): its GELU computes in float32, its
-    dropout keeps its input's expectation in bfloat16 (:mod:`tfllm.models.precision`) and a
-    sequence classifier's last layer computes only the ``[CLS]`` position its head reads
-    (:mod:`tfllm.models.first_token`)."""
-    return first_token_last_layer(unbiased_dropout(gelu_in_float32(model)))
+    dropout keeps its input's expectation and its Dense layers sum bias gradients in float32 under
+    bfloat16 (:mod:`tfllm.models.precision`), and a sequence classifier's last layer computes only
+    the ``[CLS]`` position its head reads (:mod:`tfllm.models.first_token`)."""
+    return first_token_last_layer(float32_bias_gradients(unbiased_dropout(gelu_in_float32(model))))
 
 
 def _build_from_checkpoint(model_cls, spec: str, **config_overrides):
