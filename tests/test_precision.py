@@ -10,7 +10,7 @@ from tfllm.config import load_config
 from tfllm.data.tokenization import load_tokenizer
 from tfllm.models.checkpoints import load_pretrained
 from tfllm.models.masked_lm import build_masked_lm
-from tfllm.models.precision import (Float32BiasGradientDense, UnbiasedDropout, bfloat16_weights_for_inference,
+from tfllm.models.precision import (Float32BiasGradientDense, Float32BiasGradientLMHead, UnbiasedDropout, bfloat16_weights_for_inference,
                                    float32_bias_gradients, float32_gelu, gelu_in_float32, keras_policy,
                                    unbiased_dropout)
 
@@ -199,3 +199,16 @@ def test_every_dense_of_a_model_is_swapped_with_the_same_logits():
     assert {type(layer) for layer in swapped.submodules if isinstance(layer, tf_keras.layers.Dense)} == {
         Float32BiasGradientDense}
     np.testing.assert_array_equal(plain(IDS).logits.numpy(), swapped(IDS).logits.numpy())
+
+
+def test_masked_lm_head_adds_its_bias_the_same_way():
+    plain = tiny_bert("mixed_bfloat16", TFBertForMaskedLM)
+    swapped = float32_bias_gradients(tiny_bert("mixed_bfloat16", TFBertForMaskedLM))
+    assert type(swapped.mlm.predictions) is Float32BiasGradientLMHead
+    np.testing.assert_array_equal(plain(IDS).logits.numpy(), swapped(IDS).logits.numpy())
+    with tf.GradientTape() as tape:
+        logits = tf.cast(swapped(IDS, training=False).logits, tf.float32)
+        loss = tf.reduce_sum(logits * tf.random.stateless_normal(tf.shape(logits), [1, 2]))
+    bias = swapped.mlm.predictions.bias
+    op_types = {op.type for op in tf.function(lambda: swapped(IDS).logits).get_concrete_function().graph.get_operations()}
+    assert tape.gradient(loss, bias) is not None and "BiasAdd" not in op_types

@@ -30,6 +30,7 @@ import contextlib
 
 import tensorflow as tf
 import tf_keras
+from transformers.models.bert.modeling_tf_bert import TFBertLMPredictionHead
 
 ACTIVATION_ATTRIBUTES = ("intermediate_act_fn", "transform_act_fn")  # encoder FFN, masked-LM head
 
@@ -114,12 +115,27 @@ class Float32BiasGradientDense(tf_keras.layers.Dense):
         return outputs if self.activation is None else self.activation(outputs)
 
 
+class Float32BiasGradientLMHead(TFBertLMPredictionHead):
+    """Hugging Face's masked-LM output layer with its vocabulary bias added as
+    :class:`Float32BiasGradientDense` adds its bias (same logits; the gradient sums in float32)."""
+
+    def call(self, hidden_states):
+        hidden_states = self.transform(hidden_states=hidden_states)
+        length = tf.shape(hidden_states)[1]
+        flat = tf.reshape(hidden_states, [-1, self.hidden_size])
+        logits = tf.matmul(flat, self.input_embeddings.weight, transpose_b=True)
+        return tf.reshape(logits, [-1, length, self.config.vocab_size]) + self.bias
+
+
 def float32_bias_gradients(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
-    """Make every Keras ``Dense`` layer inside ``bert`` a :class:`Float32BiasGradientDense` (same
-    object, weights and config; only ``call`` differs); returns ``bert``."""
+    """Make every Keras ``Dense`` layer inside ``bert`` a :class:`Float32BiasGradientDense` and a
+    masked-LM output layer a :class:`Float32BiasGradientLMHead` (same objects, weights and config;
+    only ``call`` differs); returns ``bert``."""
     for layer in bert.submodules:
         if type(layer) is tf_keras.layers.Dense:
             layer.__class__ = Float32BiasGradientDense
+        elif type(layer) is TFBertLMPredictionHead:
+            layer.__class__ = Float32BiasGradientLMHead
     return bert
 
 
