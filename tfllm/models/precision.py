@@ -1,4 +1,4 @@
-"""Where a bfloat16 model computes in float32 instead, because that is faster on a CPU.
+"""How tfllm runs a bfloat16 model: float32 where that is faster on a CPU or more exact.
 
 Under ``mixed_bfloat16`` every op of Hugging Face's BERT runs in bfloat16. TensorFlow's CPU
 matrix products use oneDNN's bfloat16 instructions, but its bfloat16 ``Erfc`` (the exact GELU
@@ -18,7 +18,8 @@ input instead of 1, at each of BERT's 20 dropouts, in training only. :func:`unbi
 swaps in :class:`UnbiasedDropout`, whose expectation is the input's within 1e-5 (and whose masks
 cost half the random bits); float32 models keep Keras' own dropout. TensorFlow's bfloat16
 ``BiasAddGrad`` sums in bfloat16 too, so every Dense bias gradient of a bf16 step was 2-4% off;
-:func:`float32_bias_gradients` makes Dense layers add their bias so that it is summed in float32.
+:func:`float32_bias_gradients` makes Dense layers (and the masked-LM output layer) add their
+bias so that its gradient is summed in float32.
 
 :func:`keras_policy` builds a model under a mixed-precision policy without leaking it into the
 models the process builds afterwards. :func:`bfloat16_weights_for_inference` makes a loaded
