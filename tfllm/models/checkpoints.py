@@ -26,7 +26,8 @@ from tfllm import rundir
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError, first_line
 from tfllm.models.first_token import first_token_last_layer
-from tfllm.models.precision import float32_bias_gradients, gelu_in_float32, unbiased_dropout
+from tfllm.models.precision import (float32_bias_gradients, float32_residual_stream, gelu_in_float32,
+                                   unbiased_dropout)
 
 log = logging.getLogger("tfllm")
 
@@ -146,11 +147,13 @@ def load_pretrained(model_cls, spec: str, **config_overrides):
 
 
 def prepared(model):
-    """``model`` as tfllm runs it (same weights, same outputs): its GELU computes in float32, its
-    dropout keeps its input's expectation and its Dense layers sum bias gradients in float32 under
-    bfloat16 (:mod:`tfllm.models.precision`), and a sequence classifier's last layer computes only
-    the ``[CLS]`` position its head reads (:mod:`tfllm.models.first_token`)."""
-    return first_token_last_layer(float32_bias_gradients(unbiased_dropout(gelu_in_float32(model))))
+    """``model`` as tfllm runs it (same weights; a float32 model's outputs unchanged): under
+    bfloat16 its GELU computes in float32, its dropout keeps its input's expectation, its Dense
+    layers sum bias gradients in float32 and its residual stream stays float32
+    (:mod:`tfllm.models.precision`); a sequence classifier's last layer computes only the ``[CLS]``
+    position its head reads (:mod:`tfllm.models.first_token`)."""
+    model = float32_residual_stream(float32_bias_gradients(unbiased_dropout(gelu_in_float32(model))))
+    return first_token_last_layer(model)
 
 
 def _build_from_checkpoint(model_cls, spec: str, **config_overrides):

@@ -31,7 +31,8 @@ import contextlib
 
 import tensorflow as tf
 import tf_keras
-from transformers.models.bert.modeling_tf_bert import TFBertLMPredictionHead
+from transformers.models.bert.modeling_tf_bert import (TFBertLMPredictionHead, TFBertOutput,
+                                                       TFBertSelfOutput)
 
 ACTIVATION_ATTRIBUTES = ("intermediate_act_fn", "transform_act_fn")  # encoder FFN, masked-LM head
 
@@ -146,6 +147,43 @@ def unbiased_dropout(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
     for layer in bert.submodules:
         if type(layer) is tf_keras.layers.Dropout:
             layer.__class__ = UnbiasedDropout
+    return bert
+
+
+class Float32ResidualAdd:
+    """The residual connection of a BERT sub-layer (``LayerNorm(dropout(dense(x)) + residual)``)
+    added and normalised in float32, its output left in float32: under bfloat16 the residual stream
+    between layers is never rounded to 8 bits of mantissa, as PyTorch's autocast keeps it. The
+    matrix products still run in bfloat16 (each Dense casts its float32 input). float32 models
+    compute exactly as before (every cast is to the dtype the tensor has)."""
+
+    def call(self, hidden_states, input_tensor, training=False):
+        hidden_states = self.dropout(inputs=self.dense(inputs=hidden_states), training=training)
+        return self.LayerNorm(inputs=tf.cast(hidden_states, tf.float32) + tf.cast(input_tensor, tf.float32))
+
+
+class Float32ResidualSelfOutput(Float32ResidualAdd, TFBertSelfOutput):
+    """The attention block's output projection with :class:`Float32ResidualAdd`'s residual."""
+
+
+class Float32ResidualOutput(Float32ResidualAdd, TFBertOutput):
+    """The feed-forward block's output projection with :class:`Float32ResidualAdd`'s residual."""
+
+
+def float32_residual_stream(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+    """Keep the residual stream of ``bert`` in float32 under a bfloat16 or float16 policy: every
+    sub-layer's residual add and LayerNorm compute in float32 (:class:`Float32ResidualAdd`) and
+    every encoder layer's output is float32; returns ``bert`` (same objects and weights). The
+    embeddings stay in the compute dtype (Hugging Face casts the attention mask to theirs). Call
+    it before the model is first traced."""
+    for layer in bert.submodules:
+        if type(layer) is TFBertSelfOutput:
+            layer.__class__ = Float32ResidualSelfOutput
+        elif type(layer) is TFBertOutput:
+            layer.__class__ = Float32ResidualOutput
+        else:
+            continue
+        layer.LayerNorm._set_dtype_policy("float32")
     return bert
 
 
