@@ -10,17 +10,18 @@ from tfllm.config import load_config
 from tfllm.data.tokenization import load_tokenizer
 from tfllm.models.checkpoints import load_pretrained
 from tfllm.models.masked_lm import build_masked_lm
-from tfllm.models.precision import (Float32BiasGradientDense, Float32BiasGradientLMHead, UnbiasedDropout, bfloat16_weights_for_inference,
-                                   float32_bias_gradients, float32_gelu, gelu_in_float32, keras_policy,
+from tfllm.models.precision import (Float32BiasGradientDense, Float32BiasGradientLMHead, Float32ResidualAdd,
+                                   UnbiasedDropout, bfloat16_weights_for_inference, float32_bias_gradients,
+                                   float32_gelu, float32_residual_stream, gelu_in_float32, keras_policy,
                                    unbiased_dropout)
 
 IDS = tf.constant([[2, 5, 9, 11, 3, 0], [2, 7, 3, 0, 0, 0]])
 
 
-def op_dtypes(model, op_type: str) -> list:
-    """The dtypes of every ``op_type`` op in the graph of one forward pass."""
+def op_dtypes(model, op_type: str, attribute: str = "T") -> list:
+    """The dtypes (``attribute``) of every ``op_type`` op in the graph of one forward pass."""
     graph = tf.function(lambda ids: model(ids, training=False).logits).get_concrete_function(IDS).graph
-    return [op.get_attr("T") for op in graph.get_operations() if op.type == op_type]
+    return [op.get_attr(attribute) for op in graph.get_operations() if op.type == op_type]
 
 
 def test_bf16_gelu_runs_in_float32_and_matches_the_bf16_one():
@@ -80,6 +81,8 @@ def test_loaded_checkpoints_get_it(tiny_checkpoint):
     assert all(layer.intermediate.intermediate_act_fn is float32_gelu for layer in model.bert.encoder.layer)
     assert {type(layer) for layer in model.submodules if isinstance(layer, tf_keras.layers.Dropout)} == {UnbiasedDropout}
     assert {type(layer) for layer in model.submodules if isinstance(layer, tf_keras.layers.Dense)} == {Float32BiasGradientDense}
+    layer = model.bert.encoder.layer[0]
+    assert isinstance(layer.attention.dense_output, Float32ResidualAdd) and isinstance(layer.bert_output, Float32ResidualAdd)
 
 
 # --- dropout in bfloat16 ------------------------------------------------------------------------
@@ -212,3 +215,36 @@ def test_masked_lm_head_adds_its_bias_the_same_way():
     bias = swapped.mlm.predictions.bias
     op_types = {op.type for op in tf.function(lambda: swapped(IDS).logits).get_concrete_function().graph.get_operations()}
     assert tape.gradient(loss, bias) is not None and "BiasAdd" not in op_types
+
+
+# --- the residual stream in bfloat16 --------------------------------------------------------------
+def encoder_outputs(model) -> list:
+    """Every encoder layer's output (after the embeddings) for ``IDS``, in inference."""
+    return list(model.bert(IDS, output_hidden_states=True, training=False).hidden_states[1:])
+
+
+def test_bfloat16_residual_stream_is_float32_and_closer_to_float32():
+    exact = tiny_bert("float32", hidden_size=64, intermediate_size=128)
+    plain, ours = (tiny_bert("mixed_bfloat16", hidden_size=64, intermediate_size=128) for _ in range(2))
+    for model in (plain, ours):
+        model.set_weights(exact.get_weights())
+    float32_residual_stream(ours)
+    assert [h.dtype for h in encoder_outputs(plain)] == [tf.bfloat16] * 2
+    assert [h.dtype for h in encoder_outputs(ours)] == [tf.float32] * 2
+    assert set(op_dtypes(ours, "MatMul")) == {tf.bfloat16}  # the matrix products stay in bfloat16
+    reference = np.concatenate([h.numpy().ravel() for h in encoder_outputs(exact)])
+
+    def error(model):
+        values = np.concatenate([h.numpy().astype(np.float32).ravel() for h in encoder_outputs(model)])
+        return np.linalg.norm(values - reference) / np.linalg.norm(reference)
+    assert error(ours) < 0.7 * error(plain), (error(ours), error(plain))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(ours(IDS, training=True).logits, tf.float32) ** 2)
+    assert all(g is not None for g in tape.gradient(loss, ours.trainable_variables))
+
+
+def test_float32_residual_stream_leaves_a_float32_model_as_it_was():
+    plain, ours = tiny_bert("float32"), float32_residual_stream(tiny_bert("float32"))
+    np.testing.assert_array_equal(plain(IDS).logits.numpy(), ours(IDS).logits.numpy())
+    casts = lambda model: len(op_dtypes(model, "Cast", attribute="DstT"))  # noqa: E731
+    assert casts(ours) == casts(plain)
