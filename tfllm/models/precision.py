@@ -19,7 +19,9 @@ swaps in :class:`UnbiasedDropout`, whose expectation is the input's within 1e-5 
 cost half the random bits); float32 models keep Keras' own dropout. TensorFlow's bfloat16
 ``BiasAddGrad`` sums in bfloat16 too, so every Dense bias gradient of a bf16 step was 2-4% off;
 :func:`float32_bias_gradients` makes Dense layers (and the masked-LM output layer) add their
-bias so that its gradient is summed in float32.
+bias so that its gradient is summed in float32. :func:`float32_residual_stream` keeps the sum that
+runs through the encoder (each block's output plus its input, then LayerNorm) in float32 instead of
+rounding it to bfloat16 twice a layer; the matrix products stay bfloat16.
 
 :func:`keras_policy` builds a model under a mixed-precision policy without leaking it into the
 models the process builds afterwards. :func:`bfloat16_weights_for_inference` makes a loaded
