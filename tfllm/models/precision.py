@@ -131,24 +131,31 @@ class Float32BiasGradientLMHead(TFBertLMPredictionHead):
         return tf.reshape(logits, [-1, length, self.config.vocab_size]) + self.bias
 
 
+def swap_classes(bert: tf_keras.layers.Layer, swaps: dict) -> list:
+    """Give every layer inside ``bert`` whose exact type is a key of ``swaps`` that key's value as
+    its class: the same object, weights and config, only its methods differ. Returns the swapped
+    layers. Call it before the model is first traced."""
+    swapped = []
+    for layer in bert.submodules:
+        replacement = swaps.get(type(layer))
+        if replacement is not None:
+            layer.__class__ = replacement
+            swapped.append(layer)
+    return swapped
+
+
 def float32_bias_gradients(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
     """Make every Keras ``Dense`` layer inside ``bert`` a :class:`Float32BiasGradientDense` and a
-    masked-LM output layer a :class:`Float32BiasGradientLMHead` (same objects, weights and config;
-    only ``call`` differs); returns ``bert``."""
-    for layer in bert.submodules:
-        if type(layer) is tf_keras.layers.Dense:
-            layer.__class__ = Float32BiasGradientDense
-        elif type(layer) is TFBertLMPredictionHead:
-            layer.__class__ = Float32BiasGradientLMHead
+    masked-LM output layer a :class:`Float32BiasGradientLMHead` (:func:`swap_classes`); returns ``bert``."""
+    swap_classes(bert, {tf_keras.layers.Dense: Float32BiasGradientDense,
+                        TFBertLMPredictionHead: Float32BiasGradientLMHead})
     return bert
 
 
 def unbiased_dropout(bert: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
-    """Make every Keras ``Dropout`` layer inside ``bert`` an :class:`UnbiasedDropout` (same object
-    and config; only ``call`` differs); returns ``bert``. Call it before the model is first traced."""
-    for layer in bert.submodules:
-        if type(layer) is tf_keras.layers.Dropout:
-            layer.__class__ = UnbiasedDropout
+    """Make every Keras ``Dropout`` layer inside ``bert`` an :class:`UnbiasedDropout`
+    (:func:`swap_classes`); returns ``bert``."""
+    swap_classes(bert, {tf_keras.layers.Dropout: UnbiasedDropout})
     return bert
 
 
@@ -178,13 +185,7 @@ def float32_residual_stream(bert: tf_keras.layers.Layer) -> tf_keras.layers.Laye
     every encoder layer's output is float32; returns ``bert`` (same objects and weights). The
     embeddings stay in the compute dtype (Hugging Face casts the attention mask to theirs). Call
     it before the model is first traced."""
-    for layer in bert.submodules:
-        if type(layer) is TFBertSelfOutput:
-            layer.__class__ = Float32ResidualSelfOutput
-        elif type(layer) is TFBertOutput:
-            layer.__class__ = Float32ResidualOutput
-        else:
-            continue
+    for layer in swap_classes(bert, {TFBertSelfOutput: Float32ResidualSelfOutput, TFBertOutput: Float32ResidualOutput}):
         layer.LayerNorm._set_dtype_policy("float32")
     return bert
 
