@@ -14,6 +14,7 @@ from tfllm.config import ModelConfig, load_config
 from tfllm.data.pipeline import BatchPlan, make_dataset
 from tfllm.data.tokenization import Encoded, encode_texts, load_tokenizer
 from tfllm.errors import TfllmError
+from tfllm.inference import Predictor
 from tfllm.models.classifier import BertClassifier, build_classifier
 from tfllm.train import run_training
 from tfllm.training.optimization import make_optimizer
@@ -224,6 +225,14 @@ def test_precision_and_xla_switches_train(tiny_checkpoint, sentiment_files, tmp_
         if "mixed_" in switch:
             assert info["precision"] == switch.split()[0].split("=")[1]
             assert info["precision_reason"] == "train.mixed_precision"
+            # the final dev report scores the saved weights in float32, as tfllm.evaluate does
+            assert metrics["dev_precision"] == "float32"
+            alone = Predictor.load(run_dir, precision="float32").evaluate(str(dev), tmp_path / "evaluate")
+            assert metrics["dev"]["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+            assert ((run_dir / "eval" / "dev" / "predictions.csv").read_text()
+                    == (tmp_path / "evaluate" / "predictions.csv").read_text())
+        else:
+            assert metrics["dev_precision"] == "none"
         # the run's policy ends with the run: models built afterwards in this process are float32
         assert tf_keras.mixed_precision.global_policy().name == "float32"
     finally:

@@ -34,6 +34,7 @@ from tfllm.config import Config, save_config, with_absolute_paths
 from tfllm.data.readers import read_json
 from tfllm.errors import TfllmError
 from tfllm.hardware import cpu
+from tfllm.runs import load_run
 from tfllm.tasks import Task, task_for
 from tfllm.training.reporting import write_dev_scalars
 from tfllm.training.strategy import is_chief, make_strategy, seed_everything
@@ -84,16 +85,42 @@ def train_and_save(cfg: Config, task: Task, data, strategy, chief: bool, overwri
                       step_callbacks=compression.step_callbacks, final_eval_follows=True)
     state = trainer.fit(data.train, data.dev, resume=resume,
                         config_text=(run_dir / rundir.CONFIG).read_text())
-    outputs = task.final_outputs(compression.model, data, trainer)
+    in_float32 = final_eval_in_float32(task, precision.policy)
+    outputs = None if in_float32 else task.final_outputs(compression.model, data, trainer)
     model = compression.finish(run_dir, state.step)  # wrappers stripped: a plain BERT is saved
     save_model(run_dir, model, data.tokenizer)
+    if in_float32:
+        task, outputs = float32_dev_outputs(run_dir, data, precision.policy)
     final = task.write_report(run_dir, data, outputs)
-    write_summary(run_dir, final, state, time.time() - started, task.summary_extras(data))
+    extras = {**task.summary_extras(data), "dev_precision": "float32" if in_float32 else precision.policy}
+    write_summary(run_dir, final, state, time.time() - started, extras)
     print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return cfg.run_dir
     return run_dir
+
+
+def final_eval_in_float32(task: Task, policy: str) -> bool:
+    """Whether the final dev report scores the saved weights in float32 rather than as trained.
+
+    After mixed-precision training it does (the task allowing): the saved float32 weights are
+    the model (exports compute in float32), ``python -m tfllm.evaluate RUN`` scores them in
+    float32, and so the run's ``metrics.json`` agrees with it. A bf16 score also moves with how
+    the dev set is batched and padded: the SST-2 bf16 run of benchmarks/finetune.py scored 780 of
+    872 in length-sorted batches of 64 and 781 in file-order ones (tfllm.evaluate in float32: 781).
+    The evaluations during training stay in the training precision (they are cheaper there)."""
+    return policy != "none" and task.final_eval_in_float32
+
+
+def float32_dev_outputs(run_dir: Path, data, policy: str):
+    """The model just saved in ``run_dir``, loaded as ``tfllm.evaluate`` loads it (float32), and
+    its dev outputs; returns (its task, with the run's artifacts read back; the outputs)."""
+    log.info("final dev evaluation: the saved weights in float32, as python -m tfllm.evaluate "
+             "scores them (training computed in %s)", policy)
+    run = load_run(run_dir)
+    outputs = run.task.outputs_of(run.task.wrap_model(run.hf_model), data.tokenizer, data.dev.encoded)
+    return run.task, outputs
 
 
 def monitored_metric(cfg: Config, task: Task) -> tuple[str, bool]:

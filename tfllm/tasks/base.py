@@ -71,6 +71,9 @@ class Task:
 
     name: ClassVar[str] = ""
     head: ClassVar[str] = "TFBertForSequenceClassification"  # transformers class of model/
+    # after mixed-precision training, score the saved weights in float32 for the final dev report
+    # (tfllm.lifecycle.final_eval_in_float32)
+    final_eval_in_float32: ClassVar[bool] = True
     monitor: ClassVar[str] = "loss"                            # dev metric for best / early stop
     higher_is_better: ClassVar[bool] = False
     supports_compression: ClassVar[bool] = False               # pruning / QAT / distillation

@@ -51,6 +51,7 @@ class PretrainingData(TaskData):
 class MaskedLMTask(Task):
     name = "masked_lm"
     head = "TFBertForMaskedLM"
+    final_eval_in_float32 = False  # the held-out metrics are the trainer's own masked batches
     monitor = "loss"
     higher_is_better = False
     top_k = 5  # tokens shown per [MASK] by predict
