@@ -67,6 +67,7 @@ from tfllm.config import Config, load_config  # noqa: E402
 from tfllm.data.pipeline import BatchPlan, make_dataset, pad_batch  # noqa: E402
 from tfllm.data.splits import load_labelled_splits  # noqa: E402
 from tfllm.data.tokenization import Encoded, encode_texts, load_tokenizer  # noqa: E402
+from tfllm.inference import Predictor  # noqa: E402
 from tfllm.models.checkpoints import load_pretrained, resolve_checkpoint  # noqa: E402
 from tfllm.models.classifier import build_classifier  # noqa: E402
 from tfllm.train import run_training  # noqa: E402
@@ -79,6 +80,7 @@ SST2 = common.SHARED_DATA / "sst2"
 SST2_TRAIN_EXAMPLES = 67_349
 BATCH = 32
 WARMUP_STEPS = 3
+MIN_DEV_ACCURACY = 0.895  # issue 14: the full SST-2 epoch keeps dev accuracy at or above this
 
 
 @dataclass
@@ -296,6 +298,18 @@ def run_same_slice(cfg: Config, data: Slice, tokenizer) -> tuple[list[Measuremen
 
 
 # --- the real run ---------------------------------------------------------------------------
+def precision_scores(run_dir: Path, metrics: dict, cfg: Config) -> dict:
+    """What the run trained in, what its ``metrics.json`` score computed in, and, after bf16
+    training, the same weights' dev accuracy computing in bfloat16 (as the evaluations during
+    training do; ``python -m tfllm.evaluate RUN --precision bfloat16``)."""
+    trained = json.loads((run_dir / "run_info.json").read_text())["precision"]
+    scores = {"trained_in": trained, "scored_in": metrics.get("dev_precision", trained), "bf16_accuracy": None}
+    if trained == "mixed_bfloat16":
+        out = run_dir / "eval" / "dev_bfloat16"
+        scores["bf16_accuracy"] = Predictor.load(run_dir, precision="bfloat16").evaluate(cfg.data.dev_file, out)["accuracy"]
+    return scores
+
+
 def run_finetune(cfg: Config, arch: Architecture, tokenizer) -> tuple[dict, Measurement]:
     """run_training, then accuracy/wall time from metrics.json and throughput from TensorBoard."""
     run_dir = run_training(cfg, overwrite=True)
@@ -308,7 +322,7 @@ def run_finetune(cfg: Config, arch: Architecture, tokenizer) -> tuple[dict, Meas
     run = {"run_dir": run_dir, "accuracy": metrics["dev"]["accuracy"], "macro_f1": metrics["dev"]["macro_f1"],
            "dev_examples": metrics["dev"]["examples"], "wall_s": metrics["train_seconds"],
            "steps": metrics["steps"], "evaluations": len(metrics["history"]),
-           "train_examples": len(splits.train), **windows}
+           "train_examples": len(splits.train), **windows, **precision_scores(run_dir, metrics, cfg)}
     note = (f"{len(splits.train):,} examples x {cfg.train.epochs:g} epoch(s), {metrics['steps']} steps; "
             f"{windows['clean_windows']}/{windows['windows']} log windows (no eval/checkpoint inside)"
             f"; {windows['all_seq_per_s']:.1f} seq/s with evals and checkpoints")
@@ -402,8 +416,11 @@ def report(cfg, args, measurements, run, arch, peaks, slice_size) -> tuple[str, 
         table(measurements, peak), "", footnotes(cfg, args, arch, peaks, slice_size), "",
         f"SST-2 dev accuracy after {cfg.train.epochs:g} epoch(s) on {run['train_examples']:,} examples: "
         f"{run['accuracy']:.4f} (macro-F1 {run['macro_f1']:.4f}, {run['dev_examples']} dev examples; "
-        f"the final step's weights, train.restore_best=false: no checkpoint picked on dev; "
-        f"target >= 0.89: {'met' if run['accuracy'] >= 0.89 else 'NOT met'})",
+        f"trained in {run['trained_in']}, scored computing in {run['scored_in']} as metrics.json reports it"
+        + ("" if run["bf16_accuracy"] is None else
+           f"; the same weights computing in bfloat16, as the evaluations during training: {run['bf16_accuracy']:.4f}")
+        + f"; the final step's weights, train.restore_best=false: no checkpoint picked on dev; "
+        f"target >= {MIN_DEV_ACCURACY} (issue 14): {'met' if run['accuracy'] >= MIN_DEV_ACCURACY else 'NOT met'})",
         f"Wall time of run_training (metrics.json train_seconds, incl. data loading, tokenization, "
         f"{run['evaluations']} dev evaluation(s), checkpoints, saving): {run['wall_s']:.1f} s",
         f"Headline, same slice: tfllm with bucketing vs the HF docs recipe: "
@@ -413,7 +430,7 @@ def report(cfg, args, measurements, run, arch, peaks, slice_size) -> tuple[str, 
         f"Not the headline: vs the `padding=\"max_length\"` variant {bucketing / padded.seq_per_s:.2f}x.",
     ]
     result = common.result_line(
-        dev_accuracy=run["accuracy"], train_seq_per_s=ours.seq_per_s, hf_docs_seq_per_s=docs.seq_per_s,
+        dev_accuracy=run["accuracy"], dev_accuracy_bf16_compute=run["bf16_accuracy"], train_seq_per_s=ours.seq_per_s, hf_docs_seq_per_s=docs.seq_per_s,
         speedup_vs_hf_docs=bucketing / docs.seq_per_s, run_vs_hf_docs=ours.seq_per_s / docs.seq_per_s,
         speedup_vs_hf_max_length=bucketing / padded.seq_per_s,
         speedup_vs_no_bucketing=bucketing / by_key["no_bucketing"].seq_per_s,
