@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 COMMIT_ENV = "TFLLM_GIT_COMMIT"  # for runs from a copy of the tree without .git
+# Environment variables that cap the instructions the math libraries use: oneDNN's (TensorFlow's
+# matmuls), MKL's and PyTorch's own kernels (the peer's): set to AVX2 on an AVX-512 CPU, a run
+# measures AVX2 code paths. Every report's machine line names the ones set.
+ISA_CAP_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[Optional[str], set]:
@@ -73,21 +77,24 @@ def _tf_version() -> Optional[str]:
 
 
 def machine_info(cpuinfo: str = "/proc/cpuinfo") -> dict:
-    """``{"cpu", "cores", "flags", "tensorflow", "python"}``; ``flags`` lists those of
-    :data:`ISA_FLAGS` the CPU has, in that order."""
+    """``{"cpu", "cores", "flags", "tensorflow", "python", "isa_caps"}``; ``flags`` lists those of
+    :data:`ISA_FLAGS` the CPU has, in that order; ``isa_caps`` the :data:`ISA_CAP_ENV` variables set."""
     model, flags = _cpuinfo(cpuinfo)
     model = model or _lscpu_model() or platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": model, "cores": cores, "flags": [f for f in ISA_FLAGS if f in flags],
-            "tensorflow": _tf_version(), "python": platform.python_version()}
+            "tensorflow": _tf_version(), "python": platform.python_version(),
+            "isa_caps": {name: os.environ[name] for name in ISA_CAP_ENV if os.environ.get(name)}}
 
 
 def machine_line(info: Optional[dict] = None) -> str:
     """One line: ``Machine: <CPU>, <n> cores, flags: avx2 ...; TensorFlow x.y, Python x.y``."""
     info = info or machine_info()
     flags = " ".join(info["flags"]) or "none of " + "/".join(ISA_FLAGS)
-    return (f"Machine: {info['cpu']}, {info['cores']} cores, flags: {flags}; "
-            f"TensorFlow {info['tensorflow'] or 'not installed'}, Python {info['python']}")
+    caps = " ".join(f"{k}={v}" for k, v in info.get("isa_caps", {}).items())
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, flags: {flags}"
+            + (f" (instructions capped: {caps})" if caps else "")
+            + f"; TensorFlow {info['tensorflow'] or 'not installed'}, Python {info['python']}")
 
 
 def git_commit(root: Path = ROOT) -> str:

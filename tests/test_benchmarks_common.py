@@ -35,6 +35,19 @@ def test_machine_info_parses_flags_of_a_given_file(tmp_path):
     assert "flags: avx2 avx512f avx512_vnni amx_int8;" in machine.machine_line(info)
 
 
+def test_machine_line_names_instruction_caps(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Test CPU 9000\nflags\t\t: avx2 avx512f avx512_bf16\n")
+    for name in machine.ISA_CAP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert "capped" not in machine.machine_line(machine.machine_info(str(cpuinfo)))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    line = machine.machine_line(machine.machine_info(str(cpuinfo)))
+    assert ("flags: avx2 avx512f avx512_bf16 (instructions capped: ONEDNN_MAX_CPU_ISA=AVX2 "
+            "MKL_ENABLE_INSTRUCTIONS=AVX2);") in line
+
+
 def test_write_report_has_header_and_body_and_no_temp_file(tmp_path):
     argv = [str(machine.ROOT / "benchmarks" / "finetune.py"), "--out", "/tmp/x y"]
     path = machine.write_report("demo", "| a |\n|---|\n| 1 |\n", "Demo benchmark",

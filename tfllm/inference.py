@@ -26,7 +26,7 @@ from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
 from tfllm.export.saved_model import SavedModelBackend
 from tfllm.export.tflite import TFLiteBackend
-from tfllm.hardware import bf16_hardware
+from tfllm.hardware import bf16_hardware, no_bf16_reason
 from tfllm.models.precision import bfloat16_weights_for_inference
 from tfllm.runs import Run, load_run
 from tfllm.tasks import Task
@@ -52,7 +52,7 @@ def inference_precision(asked: str, batched: bool = True) -> tuple[str, str]:
         return asked, "asked for"
     instructions = bf16_hardware()
     if not instructions:
-        return "float32", "auto: the CPU has no bf16 instructions"
+        return "float32", f"auto: {no_bf16_reason()}"
     if not batched:
         return "float32", "auto: one text at a time, where bf16 is no faster"
     return "bfloat16", f"auto: the CPU has bf16 instructions ({', '.join(instructions)}) and texts come in batches"

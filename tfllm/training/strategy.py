@@ -15,7 +15,7 @@ import tf_keras
 
 from tfllm.config import Config, DistributeConfig
 from tfllm.errors import TfllmError
-from tfllm.hardware import bf16_hardware
+from tfllm.hardware import bf16_hardware, no_bf16_reason
 
 log = logging.getLogger("tfllm")
 
@@ -75,8 +75,7 @@ def resolve_precision(cfg: Config) -> Precision:
     bf16 = bf16_hardware()
     if bf16:
         return Precision("mixed_bfloat16", f"auto: the CPU has bf16 instructions ({', '.join(bf16)})")
-    return Precision("none", "auto: the CPU has no bf16 instructions (AMX-BF16 / AVX512-BF16); "
-                     "float32 is faster than emulated bf16")
+    return Precision("none", f"auto: {no_bf16_reason()}; float32 is faster than emulated bf16")
 
 
 def set_precision(policy: str) -> None:
