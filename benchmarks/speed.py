@@ -2,6 +2,11 @@
 
     bash benchmarks/peer_setup.sh          # once: the peer's own venv (.venv-peer, torch 2.13 CPU)
     python benchmarks/speed.py [--examples 3200] [--mlm-steps 30] [--rounds 3] [--out DIR] [--no-peer]
+                               [--report NAME]
+
+    # AVX2 code paths on an AVX-512 CPU (both sides; the machine line names the caps):
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+        python benchmarks/speed.py --report speed-avx2-capped
 
 Everything below runs in this one invocation on this one machine (its CPU and ISA flags are
 printed first); the peer runs as subprocesses of ``.venv-peer/bin/python benchmarks/peer_torch.py``
@@ -93,6 +98,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-peer", action="store_true", help="tfllm rows only")
     parser.add_argument("--rounds", type=int, default=3, help="paired fine-tuning rounds (the best peer "
                         "configuration and tfllm back to back); the targets use their median ratio (3)")
+    parser.add_argument("--report", default="speed",
+                        help="name of the report under benchmarks/results/ (default speed)")
     return parser.parse_args(argv)
 
 
@@ -391,7 +398,7 @@ def main(argv=None) -> None:
     text += "\n\n" + line
     print(text, flush=True)
     (out / "speed.md").write_text(text + "\n")
-    common.write_report("speed", text, "Speed against the Hugging Face PyTorch Trainer",
+    common.write_report(args.report, text, "Speed against the Hugging Face PyTorch Trainer",
                         argv=sys.argv, started=started)
 
 
