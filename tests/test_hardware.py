@@ -1,9 +1,16 @@
 """tfllm.hardware: which bf16 instructions oneDNN may use, under an ONEDNN_MAX_CPU_ISA cap."""
+import os
+import subprocess
+import sys
+
 import pytest
+from conftest import ROOT, tiny_overrides
 
 from tfllm import hardware
-from tfllm.training import strategy
 from tfllm.config import load_config
+from tfllm.errors import TfllmError
+from tfllm.inference import inference_precision
+from tfllm.training import strategy
 
 EVERY_BF16 = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
 
@@ -38,3 +45,26 @@ def test_auto_precision_is_float32_under_an_avx2_cap_and_says_why(monkeypatch):
         assert "ONEDNN_MAX_CPU_ISA=AVX2 hides" in precision.reason
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert "onednn_max_cpu_isa" not in hardware.cpu()
+
+
+def test_explicit_bf16_under_an_avx2_cap_is_one_clear_error_not_an_abort(tiny_checkpoint, sentiment_files, tmp_path):
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 oneDNN has no bf16 matmul and TensorFlow aborts (SIGABRT) on
+    the first one; tfllm refuses the run first, with one line, before the run directory exists."""
+    train, dev = sentiment_files
+    overrides = [a for a in tiny_overrides(tiny_checkpoint, train, dev, tmp_path / "run", "train.epochs=1")
+                 if not a.startswith("train.mixed_precision=")] + ["train.mixed_precision=mixed_bfloat16"]
+    done = subprocess.run([sys.executable, "-m", "tfllm.train", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode not in (0, -6, 134), done.stderr[-2000:]  # neither a run nor oneDNN's abort
+    assert "config key train.mixed_precision: mixed_bfloat16 cannot run: ONEDNN_MAX_CPU_ISA=AVX2" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_inference_under_an_avx2_cap_is_refused(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(TfllmError, match="--precision bfloat16 cannot run: ONEDNN_MAX_CPU_ISA=AVX2"):
+        inference_precision("bfloat16")
+    assert inference_precision("auto")[0] == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # bf16 runs there, emulated
+    assert inference_precision("bfloat16")[0] == "bfloat16"

@@ -72,3 +72,16 @@ def no_bf16_reason() -> str:
     if cap and any(f in BF16_FLAGS for f in cpu()["flags"]):
         return f"ONEDNN_MAX_CPU_ISA={cap} hides the CPU's bf16 instructions"
     return "the CPU has no bf16 instructions (AMX-BF16 / AVX512-BF16)"
+
+
+def bf16_refused_by_cap() -> Optional[str]:
+    """Why bf16 matmuls cannot run at all here, or None. Below AVX512_CORE oneDNN has no bf16
+    matmul, and TensorFlow aborts the process when one is asked for (measured under
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``AVX2_VNNI_2``; at ``AVX512_CORE`` bf16 runs, emulated)."""
+    cap = onednn_isa_cap()
+    mask = ONEDNN_ISA_MASKS.get(cap or "")
+    avx512_core = ONEDNN_ISA_MASKS["AVX512_CORE"]
+    if mask is None or mask & avx512_core == avx512_core:
+        return None
+    return (f"ONEDNN_MAX_CPU_ISA={cap} leaves oneDNN no bf16 matmul (it needs AVX512_CORE or "
+            "above; TensorFlow would abort)")

@@ -26,7 +26,7 @@ from tfllm.data.tokenization import Encoded
 from tfllm.errors import TfllmError
 from tfllm.export.saved_model import SavedModelBackend
 from tfllm.export.tflite import TFLiteBackend
-from tfllm.hardware import bf16_hardware, no_bf16_reason
+from tfllm.hardware import bf16_hardware, bf16_refused_by_cap, no_bf16_reason
 from tfllm.models.precision import bfloat16_weights_for_inference
 from tfllm.runs import Run, load_run
 from tfllm.tasks import Task
@@ -48,6 +48,8 @@ def inference_precision(asked: str, batched: bool = True) -> tuple[str, str]:
     the weights cast once; 48 vs 68 when every call cast them). Exported TFLite and SavedModel
     files compute as they were exported."""
     check_choice("precision", asked, PRECISIONS)
+    if asked == "bfloat16" and bf16_refused_by_cap():
+        raise TfllmError(f"--precision bfloat16 cannot run: {bf16_refused_by_cap()}; use auto or float32")
     if asked != "auto":
         return asked, "asked for"
     instructions = bf16_hardware()

@@ -15,7 +15,7 @@ import tf_keras
 
 from tfllm.config import Config, DistributeConfig
 from tfllm.errors import TfllmError
-from tfllm.hardware import bf16_hardware, no_bf16_reason
+from tfllm.hardware import bf16_hardware, bf16_refused_by_cap, no_bf16_reason
 
 log = logging.getLogger("tfllm")
 
@@ -66,6 +66,9 @@ def resolve_precision(cfg: Config) -> Precision:
     them (bf16 would be emulated there: slower, and less precise) and for QAT (float32 only).
     """
     asked = cfg.train.mixed_precision
+    if asked == "mixed_bfloat16" and bf16_refused_by_cap():
+        raise TfllmError(f"config key train.mixed_precision: mixed_bfloat16 cannot run: {bf16_refused_by_cap()}; "
+                         "use auto or none, or unset ONEDNN_MAX_CPU_ISA")
     if asked != "auto":
         return Precision(asked, "train.mixed_precision")
     if cfg.compression.qat.enabled:
