@@ -77,7 +77,11 @@ def no_bf16_reason() -> str:
 def bf16_refused_by_cap() -> Optional[str]:
     """Why bf16 matmuls cannot run at all here, or None. Below AVX512_CORE oneDNN has no bf16
     matmul, and TensorFlow aborts the process when one is asked for (measured under
-    ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``AVX2_VNNI_2``; at ``AVX512_CORE`` bf16 runs, emulated)."""
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``AVX2_VNNI_2``; at ``AVX512_CORE`` bf16 runs, emulated).
+    Only the cap does this: TensorFlow hands bf16 to oneDNN when the CPU itself has AVX512F
+    (``IsBF16SupportedByOneDNNOnThisCPU``), so on a CPU without AVX-512 bf16 takes TensorFlow's
+    own slow kernels (the suite's explicit bf16 runs pass on AVX2-only EPYCs), while under a cap
+    on an AVX-512 CPU it still hands them to oneDNN, which refuses."""
     cap = onednn_isa_cap()
     mask = ONEDNN_ISA_MASKS.get(cap or "")
     avx512_core = ONEDNN_ISA_MASKS["AVX512_CORE"]
