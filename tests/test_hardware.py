@@ -1,4 +1,5 @@
 """tfllm.hardware: which bf16 instructions oneDNN may use, under an ONEDNN_MAX_CPU_ISA cap."""
+import logging
 import os
 import subprocess
 import sys
@@ -68,3 +69,18 @@ def test_bf16_inference_under_an_avx2_cap_is_refused(monkeypatch):
     assert inference_precision("auto")[0] == "float32"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # bf16 runs there, emulated
     assert inference_precision("bfloat16")[0] == "bfloat16"
+
+
+@pytest.mark.parametrize("instructions, warned", [([], True), (["avx512_bf16"], False)])
+def test_explicit_bf16_without_bf16_instructions_warns(monkeypatch, caplog, instructions, warned):
+    monkeypatch.setattr(strategy, "bf16_hardware", lambda: instructions)
+    monkeypatch.setattr(strategy.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    logger = logging.getLogger("tfllm")
+    logger.addHandler(caplog.handler)  # the tfllm logger may not propagate to the root
+    try:
+        precision = strategy.resolve_precision(load_config(None, ["train.mixed_precision=mixed_bfloat16"]))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert precision.policy == "mixed_bfloat16"  # asked for: it still runs
+    assert ("bf16 runs emulated here, slower than float32" in caplog.text) == warned

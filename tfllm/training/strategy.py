@@ -69,6 +69,9 @@ def resolve_precision(cfg: Config) -> Precision:
     if asked == "mixed_bfloat16" and bf16_refused_by_cap():
         raise TfllmError(f"config key train.mixed_precision: mixed_bfloat16 cannot run: {bf16_refused_by_cap()}; "
                          "use auto or none, or unset ONEDNN_MAX_CPU_ISA")
+    if asked == "mixed_bfloat16" and not bf16_hardware() and not tf.config.list_physical_devices("GPU"):
+        log.warning("train.mixed_precision=mixed_bfloat16, but %s: bf16 runs emulated here, slower than "
+                    "float32 (auto would pick float32)", no_bf16_reason())
     if asked != "auto":
         return Precision(asked, "train.mixed_precision")
     if cfg.compression.qat.enabled:
