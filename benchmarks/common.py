@@ -5,6 +5,7 @@
   measured after a warm-up inside one ``model.fit`` call;
 * :func:`padding_stats` / :func:`training_flops_per_sequence` - what a batch stream costs;
 * :func:`read_scalars` - TensorBoard scalars of a run, without the tensorboard package;
+* :func:`scored_run` - a finished run's weights scored on a dev file in a given precision;
 * :func:`paired_difference` - an accuracy difference on the same examples, with a bootstrap interval;
 * :func:`markdown_table`, :func:`result_line` - output formatting;
 * :func:`machine_info`, :func:`machine_line`, :func:`write_report` (from :mod:`benchmarks.machine`)
@@ -30,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from tfllm.inference import Predictor  # noqa: E402
 from benchmarks.machine import (ISA_FLAGS, git_commit, machine_info, machine_line,  # noqa: E402,F401
                                 report_header, write_report)
 
@@ -162,6 +164,16 @@ def read_scalars(logdir: Path, tag: str) -> dict[int, float]:
                           else float(value.simple_value))
                 values[int(event.step)] = number
     return values
+
+
+def scored_run(run_dir: Path, dev_file: str, precision: str) -> Path:
+    """A finished run's final weights scored on ``dev_file`` computing in ``precision``
+    (``float32`` or ``bfloat16``), as ``python -m tfllm.evaluate RUN --precision P`` scores them;
+    written once to ``RUN/eval/dev_<precision>``. Returns that folder (predictions.csv, metrics.json)."""
+    out = Path(run_dir) / "eval" / f"dev_{precision}"
+    if not (out / "metrics.json").is_file():
+        Predictor.load(run_dir, precision=precision).evaluate(dev_file, out)
+    return out
 
 
 # --- output ---------------------------------------------------------------------------------

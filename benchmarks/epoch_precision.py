@@ -36,7 +36,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
-from tfllm.inference import Predictor  # noqa: E402
 
 SST2_TRAIN = 67_349
 BF16, FP32 = "mixed_bfloat16", "none"
@@ -49,21 +48,12 @@ def hits(predictions_csv: Path) -> list[bool]:
     return list(frame["label"] == frame["predicted"])
 
 
-def scored(run_dir: Path, dev_file: str, precision: str) -> Path:
-    """The run's final weights scored on ``dev_file`` computing in ``precision`` (``float32`` or
-    ``bfloat16``); returns the folder of its predictions.csv and metrics.json."""
-    out = run_dir / "eval" / f"dev_{precision}"
-    if not (out / "metrics.json").is_file():
-        Predictor.load(run_dir, precision=precision).evaluate(dev_file, out)
-    return out
-
-
 def run_row(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     info = json.loads((run_dir / "run_info.json").read_text())
     dev_file = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["dev_file"]
-    own = scored(run_dir, dev_file, "bfloat16" if info["precision"] == BF16 else "float32")
-    float32 = scored(run_dir, dev_file, "float32")
+    own = common.scored_run(run_dir, dev_file, "bfloat16" if info["precision"] == BF16 else "float32")
+    float32 = common.scored_run(run_dir, dev_file, "float32")
     loss = {name: json.loads((folder / "metrics.json").read_text())["loss"] for name, folder in
             (("own", own), ("float32", float32))}
     return {"run": run_dir.name, "precision": info["precision"], "seed": info["seed"], "cpu": info["cpu"],

@@ -67,7 +67,6 @@ from tfllm.config import Config, load_config  # noqa: E402
 from tfllm.data.pipeline import BatchPlan, make_dataset, pad_batch  # noqa: E402
 from tfllm.data.splits import load_labelled_splits  # noqa: E402
 from tfllm.data.tokenization import Encoded, encode_texts, load_tokenizer  # noqa: E402
-from tfllm.inference import Predictor  # noqa: E402
 from tfllm.models.checkpoints import load_pretrained, resolve_checkpoint  # noqa: E402
 from tfllm.models.classifier import build_classifier  # noqa: E402
 from tfllm.train import run_training  # noqa: E402
@@ -305,8 +304,8 @@ def precision_scores(run_dir: Path, metrics: dict, cfg: Config) -> dict:
     trained = json.loads((run_dir / "run_info.json").read_text())["precision"]
     scores = {"trained_in": trained, "scored_in": metrics.get("dev_precision", trained), "bf16_accuracy": None}
     if trained == "mixed_bfloat16":
-        out = run_dir / "eval" / "dev_bfloat16"
-        scores["bf16_accuracy"] = Predictor.load(run_dir, precision="bfloat16").evaluate(cfg.data.dev_file, out)["accuracy"]
+        scored = common.scored_run(run_dir, cfg.data.dev_file, "bfloat16")
+        scores["bf16_accuracy"] = json.loads((scored / "metrics.json").read_text())["accuracy"]
     return scores
 
 
