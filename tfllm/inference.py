@@ -48,8 +48,9 @@ def inference_precision(asked: str, batched: bool = True) -> tuple[str, str]:
     the weights cast once; 48 vs 68 when every call cast them). Exported TFLite and SavedModel
     files compute as they were exported."""
     check_choice("precision", asked, PRECISIONS)
-    if asked == "bfloat16" and bf16_refused_by_cap():
-        raise TfllmError(f"--precision bfloat16 cannot run: {bf16_refused_by_cap()}; use auto or float32")
+    refused = bf16_refused_by_cap() if asked == "bfloat16" else None
+    if refused:
+        raise TfllmError(f"--precision bfloat16 cannot run: {refused}; use auto or float32")
     if asked != "auto":
         return asked, "asked for"
     instructions = bf16_hardware()

@@ -66,8 +66,9 @@ def resolve_precision(cfg: Config) -> Precision:
     them (bf16 would be emulated there: slower, and less precise) and for QAT (float32 only).
     """
     asked = cfg.train.mixed_precision
-    if asked == "mixed_bfloat16" and bf16_refused_by_cap():
-        raise TfllmError(f"config key train.mixed_precision: mixed_bfloat16 cannot run: {bf16_refused_by_cap()}; "
+    refused = bf16_refused_by_cap() if asked == "mixed_bfloat16" else None
+    if refused:
+        raise TfllmError(f"config key train.mixed_precision: mixed_bfloat16 cannot run: {refused}; "
                          "use auto or none, or unset ONEDNN_MAX_CPU_ISA")
     if asked == "mixed_bfloat16" and not bf16_hardware() and not tf.config.list_physical_devices("GPU"):
         log.warning("train.mixed_precision=mixed_bfloat16, but %s: bf16 runs emulated here, slower than "
